@@ -1,0 +1,90 @@
+"""Attention and feed-forward layers of the VisAH latent transformer.
+
+Three layers, each mirroring one PyTorch layer of the public VisAH code so that weights
+convert mechanically (a Flax `kernel` is the transposed PyTorch `weight`):
+
+- `Attention`: the latent-diffusion `CrossAttention` used by the `BasicTransformerBlock`s
+  (`to_q`, `to_k`, `to_v` without bias, `to_out` with bias, scale `d_head**-0.5`).
+- `MultiheadAttention`: `torch.nn.MultiheadAttention` with one packed q/k/v projection
+  (`in_proj_kernel` = `in_proj_weight.T`, `in_proj_bias`) and `out_proj`; used by the
+  context encoder. Inputs are batch-first `(B, L, D)`.
+- `GEGLUFeedForward`: `Linear(d, 2*hidden)` split into value and gate,
+  `value * gelu(gate)` with the exact (erf) GELU, then `Linear(hidden, d)`.
+"""
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def multi_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, num_heads: int) -> jax.Array:
+  """Softmax attention of `q (B, Lq, H*Dh)` over `k, v (B, Lk, H*Dh)`; scale `Dh**-0.5`.
+
+  Returns the concatenated heads `(B, Lq, H*Dh)`. The softmax runs in float32.
+  """
+  b, lq, inner = q.shape
+  if inner % num_heads:
+    raise ValueError(f"width {inner} is not divisible by {num_heads} heads")
+  dh = inner // num_heads
+  q = q.reshape(b, lq, num_heads, dh)
+  k = k.reshape(b, k.shape[1], num_heads, dh)
+  v = v.reshape(b, v.shape[1], num_heads, dh)
+  logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * dh**-0.5
+  weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+  out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+  return out.reshape(b, lq, inner)
+
+
+class Attention(nn.Module):
+  """Multi-head (cross-)attention, the latent-diffusion `CrossAttention` of VisAH.
+
+  `x (B, Lq, Dq)` attends to `context (B, Lk, Dk)` (to itself when `context` is None);
+  the output has the width of `x`. PyTorch keys: `to_{q,k,v}.weight`, `to_out.0.{weight,bias}`.
+  """
+  heads: int
+  dim_head: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, context: Optional[jax.Array] = None) -> jax.Array:
+    context = x if context is None else context
+    inner = self.heads * self.dim_head
+    q = nn.Dense(inner, use_bias=False, name="to_q")(x)
+    k = nn.Dense(inner, use_bias=False, name="to_k")(context)
+    v = nn.Dense(inner, use_bias=False, name="to_v")(context)
+    out = multi_head_attention(q, k, v, self.heads)
+    return nn.Dense(x.shape[-1], name="to_out")(out)
+
+
+class MultiheadAttention(nn.Module):
+  """`torch.nn.MultiheadAttention` (no dropout, no masks) on batch-first inputs.
+
+  `query (B, Lq, D)`, `key`/`value (B, Lk, D)`; `D` must be divisible by `num_heads`.
+  The packed projection keeps PyTorch's row order q, k, v: `in_proj_kernel[:, :D]` projects
+  the query, `[:, D:2D]` the key, `[:, 2D:]` the value.
+  """
+  num_heads: int
+
+  @nn.compact
+  def __call__(self, query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
+    d = query.shape[-1]
+    kernel = self.param("in_proj_kernel", nn.initializers.xavier_uniform(), (d, 3 * d))
+    bias = self.param("in_proj_bias", nn.initializers.zeros_init(), (3 * d,))
+    q = query @ kernel[:, :d] + bias[:d]
+    k = key @ kernel[:, d:2 * d] + bias[d:2 * d]
+    v = value @ kernel[:, 2 * d:] + bias[2 * d:]
+    out = multi_head_attention(q, k, v, self.num_heads)
+    return nn.Dense(d, name="out_proj")(out)
+
+
+class GEGLUFeedForward(nn.Module):
+  """GEGLU feed-forward `d -> 2*hidden -> (value * gelu(gate)) -> d` (exact erf GELU).
+
+  PyTorch keys: `net.0.proj.{weight,bias}` (`proj`) and `net.2.{weight,bias}` (`out`).
+  """
+  hidden: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    value, gate = jnp.split(nn.Dense(2 * self.hidden, name="proj")(x), 2, axis=-1)
+    return nn.Dense(x.shape[-1], name="out")(value * nn.gelu(gate, approximate=False))
