@@ -1,0 +1,35 @@
+"""`python -m avflow <command> [flags]`: each command lives in `avflow/commands/<command>.py` with its own flags."""
+import importlib
+import sys
+
+COMMANDS = {
+    "train": "train a model (default config: configs/visah_fm.py:toy)",
+    "eval": "evaluate a run's checkpoint on held-out clips",
+    "info": "parameter counts of a config (no allocation)",
+    "highlight": "rebalance a soundtrack with a trained model",
+}
+
+
+def usage() -> str:
+  lines = ["usage: python -m avflow <command> [--flags]", "", "commands:"]
+  lines += [f"  {name:<10} {text}" for name, text in COMMANDS.items()]
+  lines.append("\n`python -m avflow <command> --help` lists a command's flags.")
+  return "\n".join(lines)
+
+
+def run(argv=None) -> None:
+  argv = list(sys.argv if argv is None else argv)
+  if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+    print(usage())
+    sys.exit(0 if len(argv) >= 2 else 2)
+  command = argv[1]
+  if command not in COMMANDS:
+    print(f"avflow: unknown command {command!r}; expected one of: {', '.join(COMMANDS)}", file=sys.stderr)
+    sys.exit(2)
+  from absl import app
+  module = importlib.import_module(f"avflow.commands.{command}")
+  app.run(module.main, argv=[f"avflow {command}"] + argv[2:], flags_parser=module.parse_flags)
+
+
+if __name__ == "__main__":
+  run()

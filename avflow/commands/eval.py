@@ -1,0 +1,29 @@
+"""`python -m avflow eval --workdir=RUN [--step=N] [--num_steps=N]`: re-scores a run; writes `<workdir>/eval.json`."""
+import json
+
+import jax
+from absl import flags
+
+from avflow.commands import parse_flags  # noqa: F401
+from avflow.data.pipeline import make_source
+from avflow.models.highlighter import Highlighter
+from avflow.train import checkpoint
+from avflow.train.evaluate import evaluate
+from avflow.train.step import make_predict_fn
+
+flags.DEFINE_string("workdir", None, "Run directory.", required=True)
+flags.DEFINE_integer("step", None, "Checkpoint step (default: latest).")
+flags.DEFINE_integer("num_steps", None, "Override the number of inference steps N.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise SystemExit(f"avflow eval: unexpected arguments {argv[1:]}")
+  f = flags.FLAGS
+  config = checkpoint.load_config(f.workdir)
+  if f.num_steps:
+    config.inference.num_steps = f.num_steps
+  params = checkpoint.load_params(f.workdir, f.step)
+  predict = jax.jit(make_predict_fn(Highlighter(config.model), config))
+  report = evaluate(predict, params, make_source(config.data, "val"), config, f.workdir, f.step or -1)
+  print(json.dumps(report, indent=2))

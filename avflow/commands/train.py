@@ -1,0 +1,21 @@
+"""`python -m avflow train --workdir=RUN [--config=configs/visah_fm.py:toy] [--config.x.y=v] [--resume]`."""
+import logging
+
+from absl import flags
+from ml_collections import config_flags
+
+from avflow.commands import DEFAULT_CONFIG, parse_flags  # noqa: F401  (parse_flags is used by __main__)
+from avflow.train.loop import train
+
+config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Training config file and variant, e.g. "
+                                "configs/visah_fm.py:toy.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory: checkpoints, eval.json, samples, TensorBoard logs.",
+                    required=True)
+flags.DEFINE_bool("resume", False, "Continue the run in --workdir from its latest checkpoint.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise SystemExit(f"avflow train: unexpected arguments {argv[1:]}")
+  logging.getLogger().setLevel(logging.INFO)
+  train(flags.FLAGS.config, flags.FLAGS.workdir, resume=flags.FLAGS.resume)

@@ -1,0 +1,89 @@
+"""Rebalance a soundtrack of any length with a trained run (the `highlight` command).
+
+The audio is cut into windows of the model's clip length with 25% overlap; each window is carried along the flow
+from x0 (t=0) for k of the N steps (k = N: the full remix; fewer steps: a gentler one, Sec. 9) with the frames
+(1 per second) that fall in it, and the windows are joined with linear cross-fades.
+"""
+import dataclasses
+import os
+
+import jax
+import numpy as np
+from PIL import Image
+
+from avflow.models.highlighter import Highlighter
+from avflow.train import checkpoint
+from avflow.train.step import make_predict_fn
+
+
+@dataclasses.dataclass
+class LoadedRun:
+  config: object
+  params: object
+  predict: object
+
+  @property
+  def sample_rate(self) -> int:
+    return int(self.config.data.sample_rate)
+
+  @property
+  def clip_length(self) -> int:
+    return int(round(self.config.data.sample_rate * self.config.data.clip_seconds))
+
+  @property
+  def frames_per_clip(self) -> int:
+    return max(1, int(round(self.config.data.clip_seconds * self.config.data.frames_per_second)))
+
+
+def load_run(run_dir: str, step: int | None = None) -> LoadedRun:
+  config = checkpoint.load_config(run_dir)
+  if config.model.conditioning.kind == "features":
+    raise ValueError(f"{run_dir} conditions on precomputed features; highlighting raw frames needs a run whose "
+                     "model.conditioning encodes frames")
+  params = checkpoint.load_params(run_dir, step)
+  model = Highlighter(config.model)
+  return LoadedRun(config, params, jax.jit(make_predict_fn(model, config), static_argnums=2))
+
+
+def load_frames(frames_dir: str, image_size: int) -> np.ndarray:
+  """Frames at 1 fps from a directory of images (sorted by name), resized to the model's size, uint8."""
+  names = sorted(n for n in os.listdir(frames_dir) if n.lower().endswith((".png", ".jpg", ".jpeg")))
+  if not names:
+    raise FileNotFoundError(f"{frames_dir} holds no .png/.jpg frames")
+  frames = []
+  for n in names:
+    with Image.open(os.path.join(frames_dir, n)) as im:
+      frames.append(np.asarray(im.convert("RGB").resize((image_size, image_size), Image.BICUBIC)))
+  return np.stack(frames)
+
+
+def window_starts(length: int, window: int, hop: int) -> list[int]:
+  if length <= window:
+    return [0]
+  starts = list(range(0, length - window, hop))
+  return starts + [length - window]
+
+
+def rebalance(run: LoadedRun, audio: np.ndarray, frames: np.ndarray, steps: int | None = None) -> np.ndarray:
+  """The rebalanced (L,) soundtrack for mono `audio` (L,) at the run's rate and `frames` (F, H, W, 3) at 1 fps."""
+  n = run.config.inference.num_steps
+  if steps is not None and not 0 <= steps <= n:
+    raise ValueError(f"--steps must be in [0, {n}] (the model integrates over {n} steps), got {steps}")
+  window, fps = run.clip_length, run.config.data.frames_per_second
+  hop = window * 3 // 4
+  length = len(audio)
+  padded = np.pad(audio.astype(np.float32), (0, max(0, window - length)))
+  out = np.zeros(max(length, window), np.float32)
+  weight = np.zeros_like(out)
+  fade = min(window - hop, window)
+  ramp = np.ones(window, np.float32)
+  ramp[:fade] = np.linspace(0, 1, fade + 2, dtype=np.float32)[1:-1]
+  ramp[-fade:] = ramp[:fade][::-1]
+  for start in window_starts(len(padded), window, hop):
+    first = int(start / run.sample_rate * fps)
+    idx = np.clip(np.arange(first, first + run.frames_per_clip), 0, len(frames) - 1)
+    batch = {"x0": padded[None, start:start + window, None], "frames": frames[None, idx]}
+    pred, _ = run.predict(run.params, batch, steps)
+    out[start:start + window] += ramp * np.asarray(pred)[0, :, 0]
+    weight[start:start + window] += ramp
+  return (out / np.maximum(weight, 1e-8))[:length]

@@ -1,0 +1,78 @@
+"""Orbax checkpoints of the train state and the data iterator, and the run's config.
+
+Saves are asynchronous and atomic (orbax writes to a temporary directory and renames it when complete), so a
+process killed during a save leaves the last complete checkpoint intact.
+"""
+import json
+import os
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+CONFIG_FILE = "config.json"
+
+
+class Checkpointer:
+  """Saves/restores `{state, data}` under `<workdir>/checkpoints/<step>`."""
+
+  def __init__(self, workdir: str, max_to_keep: int = 3, async_save: bool = True):
+    self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
+                                           create=True)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, data_iterator=None) -> None:
+    items = {"state": ocp.args.StandardSave(state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    self.manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+  def restore(self, state_template: Any, data_iterator=None, step: int | None = None) -> Any:
+    """Restores into the structure, dtypes and shardings of `state_template` (and the iterator, in place)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_template)
+    items = {"state": ocp.args.StandardRestore(abstract)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def load_params(run_dir: str, step: int | None = None) -> Any:
+  """The parameters of a run (or of an imported checkpoint) without needing its optimizer structure."""
+  directory = os.path.join(os.path.abspath(run_dir), "checkpoints")
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"{run_dir} has no checkpoints/ directory: train a model there or import one first")
+  with ocp.CheckpointManager(directory) as manager:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{directory} holds no complete checkpoint")
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return restored["state"]["params"]
+
+
+def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+
+
+def load_config(run_dir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(run_dir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: {run_dir} is not an avflow run directory")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))

@@ -1,0 +1,64 @@
+"""Train state and optimizer: Adam with cosine annealing (Sec. 3.1: lr 1e-4, cosine schedule, batch 32)."""
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def learning_rate_schedule(opt_cfg, total_steps: int) -> optax.Schedule:
+  if opt_cfg.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if opt_cfg.warmup_steps else opt_cfg.learning_rate, peak_value=opt_cfg.learning_rate,
+        warmup_steps=opt_cfg.warmup_steps, decay_steps=max(total_steps, opt_cfg.warmup_steps + 1),
+        end_value=opt_cfg.learning_rate * opt_cfg.final_lr_fraction)
+  if opt_cfg.schedule == "constant":
+    return optax.constant_schedule(opt_cfg.learning_rate)
+  raise ValueError(f"optimizer.schedule={opt_cfg.schedule!r}; expected 'cosine' or 'constant'")
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  opt_cfg = config.optimizer
+  adam = optax.adam(learning_rate_schedule(opt_cfg, config.total_steps), b1=opt_cfg.b1, b2=opt_cfg.b2,
+                    eps=opt_cfg.eps)
+  if opt_cfg.clip_norm:
+    return optax.chain(optax.clip_by_global_norm(opt_cfg.clip_norm), adam)
+  return adam
+
+
+def create_train_state(model, config, example_batch: dict, tx: optax.GradientTransformation) -> TrainState:
+  """Initializes parameters from `config.seed` and the optimizer state."""
+  init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  t = jnp.zeros((example_batch["x0"].shape[0],), jnp.float32)
+  params = model.init(init_key, example_batch, t)["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=state_key)
+
+
+def abstract_batch(config, batch_size: int = 1) -> dict:
+  """Shapes and dtypes of a model input batch for `config` (for `jax.eval_shape`, no data needed)."""
+  data = config.data
+  length = int(round(data.sample_rate * data.clip_seconds))
+  frames = max(1, int(round(data.clip_seconds * data.frames_per_second)))
+  audio = jax.ShapeDtypeStruct((batch_size, length, 1), jnp.float32)
+  batch = {"x0": audio, "x1": audio}
+  if config.model.conditioning.kind == "features":
+    batch["context"] = jax.ShapeDtypeStruct((batch_size, frames, config.model.latent.context_dim), jnp.float32)
+  else:
+    batch["frames"] = jax.ShapeDtypeStruct((batch_size, frames, data.image_size, data.image_size, 3), jnp.uint8)
+  return batch
+
+
+def abstract_params(model, config) -> Any:
+  """The parameter tree of `config` as ShapeDtypeStructs (no allocation)."""
+  batch = abstract_batch(config)
+  t = jax.ShapeDtypeStruct((1,), jnp.float32)
+  return jax.eval_shape(lambda b, t: model.init(jax.random.PRNGKey(0), b, t)["params"], batch, t)

@@ -1,0 +1,83 @@
+"""Pure train, evaluation and inference steps (jit them; the train step donates its state)."""
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from avflow import flow
+from avflow.models.highlighter import Highlighter
+from avflow.train.losses import multi_resolution_stft_loss
+from avflow.train.state import TrainState
+
+TASKS = ("flow", "regression")
+
+
+def make_loss_fn(model: Highlighter, config) -> Callable:
+  """loss(params, batch, rng) → (loss, terms): Eq. 5 for VisAH-FM, the multi-resolution STFT loss for VisAH."""
+  if config.task not in TASKS:
+    raise ValueError(f"config.task={config.task!r}; expected one of {TASKS}")
+  objective = flow.ObjectiveConfig.from_config(config.objective) if config.task == "flow" else None
+
+  def loss_fn(params, batch, rng):
+    variables = {"params": params}
+    context = model.apply(variables, batch, method=Highlighter.encode)
+    x0, x1 = batch["x0"], batch["x1"]
+    if config.task == "regression":
+      pred = model.apply(variables, x0, context, method=Highlighter.regress)
+      loss = multi_resolution_stft_loss(pred[..., 0], x1[..., 0])
+      return loss, {"mr_stft": loss}
+
+    def velocity_fn(x_t, t, cond):
+      return model.apply(variables, x_t, t, cond, x0, method=Highlighter.velocity)
+
+    return flow.flow_loss(velocity_fn, x0, x1, context, rng, objective)
+
+  return loss_fn
+
+
+def _all_finite(tree) -> jax.Array:
+  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def make_train_step(model: Highlighter, config, tx: optax.GradientTransformation) -> Callable:
+  """train_step(state, batch, rng) → (state, metrics); a non-finite loss or gradient leaves the state unchanged
+  (except the step count) and reports `finite = False`, so the loop can halt or skip (`config.nonfinite`)."""
+  loss_fn = make_loss_fn(model, config)
+
+  def train_step(state: TrainState, batch: dict, rng: jax.Array):
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & _all_finite(grads)
+    keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+    state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                          opt_state=keep(opt_state, state.opt_state))
+    return state, {"loss": loss, **terms, "grad_norm": optax.global_norm(grads), "finite": finite}
+
+  return train_step
+
+
+def make_predict_fn(model: Highlighter, config) -> Callable:
+  """predict(params, batch, stop_after=None) → (x̂1, trajectory states (K+1, B, L, 1) or None).
+
+  VisAH-FM integrates from x0 at t=0 on the N-step grid (Euler by default, Sec. 3.1: N = 4), optionally
+  stopping after k steps (Sec. 9); VisAH regresses in one pass.
+  """
+  inference = config.inference
+
+  def predict(params, batch, stop_after=None):
+    variables = {"params": params}
+    context = model.apply(variables, batch, method=Highlighter.encode)
+    x0 = batch["x0"]
+    if config.task == "regression":
+      return model.apply(variables, x0, context, method=Highlighter.regress), None
+
+    def velocity_fn(x_t, t, cond):
+      return model.apply(variables, x_t, t, cond, x0, method=Highlighter.velocity)
+
+    traj = flow.integrate(velocity_fn, x0, context, inference.num_steps, inference.method, stop_after)
+    return traj.final, traj.states
+
+  return predict
