@@ -20,6 +20,7 @@ CORE = [
     "tensorboardX>=2.6",
     "av>=14.0",
     "matplotlib>=3.9",
+    "pillow>=10",
 ]
 
 setup(

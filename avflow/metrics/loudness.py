@@ -1,8 +1,9 @@
 """LDif, the remixing metric of VisAH-FM (Eq. 8): mean over the 3 sources of |loud(s_k(x̂)) − loud(s_k(x))|.
 
-The public VisAH code has no LDif; loudness here is measured as the Muddy Mix generator measures it:
-pyloudnorm's ITU-R BS.1770 integrated loudness (K-weighting, gating) with a 0.4-s block, or the clip
-length when the clip is shorter. Sources are ordered (speech, music, sfx), as the Muddy Mix stems.
+The public VisAH code has no LDif; loudness here is the one the Muddy Mix generator uses
+(`avflow.data.remix.integrated_loudness`: pyloudnorm's ITU-R BS.1770 integrated loudness with a
+0.4-s block, or the clip length when the clip is shorter). Sources are ordered as the Muddy Mix
+stems (speech, music, effects).
 
 Two ways to get the stems s_k:
 - `oracle_ldif`: the prediction is projected by least squares onto the known input stems (every
@@ -20,11 +21,10 @@ LDif is in LU and is never scaled for display (Table 1 caption).
 from typing import Callable, Protocol
 
 import numpy as np
-import pyloudnorm
 
-SOURCES = ("speech", "music", "sfx")
+from avflow.data.remix import SOURCES, integrated_loudness
+
 LOUDNESS_FLOOR = -70.0
-BLOCK_SECONDS = 0.4
 
 
 class Separator(Protocol):
@@ -51,25 +51,14 @@ def _stems(x) -> np.ndarray:
   return x
 
 
-def loudness(x, sr: int) -> float:
-  """Integrated loudness in LUFS (−inf when silent); block 0.4 s or the clip length if shorter."""
-  x = _mono(x)
-  if x.size == 0:
-    raise ValueError("loudness of an empty clip")
-  block = min(BLOCK_SECONDS, x.size / sr)
-  while block * sr > x.size:  # x.size / sr * sr can round above x.size
-    block = np.nextafter(block, 0.0)
-  return float(pyloudnorm.Meter(sr, block_size=block).integrated_loudness(x))
-
-
 def ldif(pred_stems, target_stems, sr: int) -> float:
   """Eq. 8 on given stems `(3, L)`, with the silent-stem rules of the module docstring."""
   pred_stems, target_stems = _stems(pred_stems), _stems(target_stems)
-  target = np.array([loudness(s, sr) for s in target_stems])
+  target = np.array([integrated_loudness(s, sr) for s in target_stems])
   keep = np.isfinite(target)
   if not keep.any():
     return float("nan")
-  pred = np.array([loudness(s, sr) for s, k in zip(pred_stems, keep) if k])
+  pred = np.array([integrated_loudness(s, sr) for s, k in zip(pred_stems, keep) if k])
   return float(np.mean(np.abs(np.maximum(pred, LOUDNESS_FLOOR) - target[keep])))
 
 
