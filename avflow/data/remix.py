@@ -44,12 +44,13 @@ def integrated_loudness(x, sr: int) -> float:
 
 
 def stem_loudness(stems, sr: int) -> np.ndarray:
-  """Integrated loudness (LUFS) of each stem of a `(S, L)` array, as float32 `(S,)`."""
-  return np.array([integrated_loudness(s, sr) for s in stems], dtype=np.float32)
+  """Integrated loudness (LUFS) of each stem of a `(S, L)` array, as float64 `(S,)`."""
+  return np.array([integrated_loudness(s, sr) for s in stems])
 
 
 def fixed_rng(clip_id: str, seed: int) -> np.random.Generator:
-  """A generator determined by `(clip_id, seed)`: the same remix for a clip at every epoch.
+  """A generator determined by `(clip_id, seed)`: the same remix for a clip at every epoch
+  (the fixed Muddy Mix dataset of the paper's Table 5).
 
   Uses a stable hash (blake2b), never Python's salted `hash()`, so it repeats across processes.
   """

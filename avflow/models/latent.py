@@ -31,21 +31,21 @@ Mapping to the PyTorch keys (prefix `model.latent_transformer.`). Flax `kernel` 
 with `.T` (for the 1x1 convs a `(1, in, out)` kernel becomes `(out, in, 1)`), GroupNorm and
 LayerNorm `scale` -> `weight`, `bias` -> `bias`; `_{i}` in a Flax name -> `.{i}`:
 
-| Flax path                                              | PyTorch key                                                |
-|--------------------------------------------------------|------------------------------------------------------------|
-| norm/{scale,bias}                                      | norm.{weight,bias}                                         |
-| proj_in/{kernel,bias}                                  | proj_in.{weight,bias}                                      |
-| context_proj/{kernel,bias}                             | context_proj.{weight,bias}                                 |
-| context_encoder_layers_{i}/self_attn/in_proj_kernel    | context_transformer_encoder.layers.{i}.self_attn.in_proj_weight (.T) |
-| context_encoder_layers_{i}/self_attn/in_proj_bias      | context_transformer_encoder.layers.{i}.self_attn.in_proj_bias |
-| context_encoder_layers_{i}/self_attn/out_proj/*        | context_transformer_encoder.layers.{i}.self_attn.out_proj.* |
-| context_encoder_layers_{i}/{linear1,linear2,norm1,norm2}/* | context_transformer_encoder.layers.{i}.{linear1,linear2,norm1,norm2}.* |
-| transformer_blocks_{i}/attn{1,2}/to_{q,k,v}/kernel      | transformer_blocks.{i}.attn{1,2}.to_{q,k,v}.weight         |
-| transformer_blocks_{i}/attn{1,2}/to_out/*               | transformer_blocks.{i}.attn{1,2}.to_out.0.*                |
-| transformer_blocks_{i}/ff/proj/*                        | transformer_blocks.{i}.ff.net.0.proj.*                     |
-| transformer_blocks_{i}/ff/out/*                         | transformer_blocks.{i}.ff.net.2.*                          |
-| transformer_blocks_{i}/norm{1,2,3}/*                    | transformer_blocks.{i}.norm{1,2,3}.*                       |
-| proj_out/{kernel,bias}                                  | proj_out.{weight,bias}                                     |
+    norm/{scale,bias}                          norm.{weight,bias}
+    proj_in/{kernel,bias}                      proj_in.{weight,bias}
+    context_proj/{kernel,bias}                 context_proj.{weight,bias}
+    context_encoder_layers_{i}/...             context_transformer_encoder.layers.{i}....
+      self_attn/in_proj_kernel                   self_attn.in_proj_weight (transposed)
+      self_attn/in_proj_bias                     self_attn.in_proj_bias
+      self_attn/out_proj/*                       self_attn.out_proj.*
+      {linear1,linear2,norm1,norm2}/*            {linear1,linear2,norm1,norm2}.*
+    transformer_blocks_{i}/...                 transformer_blocks.{i}....
+      attn{1,2}/to_{q,k,v}/kernel                attn{1,2}.to_{q,k,v}.weight
+      attn{1,2}/to_out/*                         attn{1,2}.to_out.0.*
+      ff/proj/*                                  ff.net.0.proj.*
+      ff/out/*                                   ff.net.2.*
+      norm{1,2,3}/*                              norm{1,2,3}.*
+    proj_out/{kernel,bias}                     proj_out.{weight,bias}
 
 The PyTorch checkpoint also holds two persistent buffers that have no Flax parameter:
 `pe.pe = sinusoidal_positions(5000, C)[None]` (unused) and
