@@ -1,0 +1,184 @@
+"""A static HTML report of an evaluated run: `<workdir>/report.html`.
+
+Reads what `avflow.train.evaluate` leaves in a run directory, `eval.json` and `samples/<clip>/*.wav` (input,
+prediction, target and, when saved, per-step outputs `step_<k>.wav`), plus optional video frames
+`samples/<clip>/frames/*.png|jpg`. Per clip it shows the frames, one audio player per stream and a waveform and
+a spectrogram image per stream (written to `report_files/<clip>/`); above the clips, the metrics table with raw
+values and the paper's display scaling (×100 except LDif, Table 1 caption). All links are relative, so the run
+folder can be copied or served as is. The page has no scripts.
+"""
+import html
+import json
+import os
+import re
+from urllib.parse import quote
+
+import numpy as np
+import scipy.signal
+import soundfile as sf
+from matplotlib.figure import Figure
+
+from avflow.metrics.signal import paper_display
+
+REPORT_NAME = "report.html"
+ASSETS_DIR = "report_files"
+FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg")
+METRIC_NAMES = {"ldif": "LDif", "mag": "Mag", "env": "Env", "was": "Was"}
+STYLE = """
+body { font-family: sans-serif; margin: 24px; color: #222; background: #fff; }
+table { border-collapse: collapse; margin: 8px 0 16px; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: middle; }
+th { background: #eef; }
+td.num { text-align: right; font-family: monospace; }
+section.clip { border-top: 2px solid #88a; margin-top: 24px; padding-top: 8px; }
+.frames img { height: 96px; margin-right: 4px; border: 1px solid #ccc; }
+.note { color: #555; font-size: 90%; }
+"""
+
+
+def _stream_order(name: str) -> tuple:
+  """input, step_1 … step_K (numerically), prediction, target, then any other wav by name."""
+  step = re.fullmatch(r"step_(\d+)", name)
+  if step:
+    return (1, int(step.group(1)), name)
+  return ({"input": 0, "prediction": 2, "target": 3}.get(name, 4), 0, name)
+
+
+def _url(path: str, root: str) -> str:
+  """A relative, percent-encoded link from `root` to `path`."""
+  return quote(os.path.relpath(path, root).replace(os.sep, "/"))
+
+
+def _mono(path: str) -> tuple[np.ndarray, int]:
+  """A wav file as mono float64 (channels averaged) and its sample rate."""
+  audio, sr = sf.read(path, dtype="float64", always_2d=True)
+  return audio.mean(axis=1), sr
+
+
+def _figure() -> tuple[Figure, object]:
+  """A 400 × 140 px figure with fixed margins (no layout pass)."""
+  fig = Figure(figsize=(4.0, 1.4), dpi=100)
+  fig.subplots_adjust(left=0.11, right=0.98, bottom=0.22, top=0.95)
+  ax = fig.add_subplot()
+  ax.tick_params(labelsize=7)
+  ax.set_xlabel("s", fontsize=7, labelpad=0)
+  return fig, ax
+
+
+def waveform_png(audio: np.ndarray, sample_rate: int, path: str, columns: int = 800) -> None:
+  """The waveform on a fixed [−1, 1] scale against time in seconds, drawn as its min/max envelope per column."""
+  fig, ax = _figure()
+  if len(audio) > columns:
+    starts = np.linspace(0, len(audio), columns, endpoint=False).astype(int)
+    ax.fill_between(starts / sample_rate, np.minimum.reduceat(audio, starts), np.maximum.reduceat(audio, starts),
+                    lw=0.5, color="tab:blue")
+  else:
+    ax.plot(np.arange(len(audio)) / sample_rate, audio, lw=0.5, color="tab:blue")
+  ax.set(ylim=(-1.0, 1.0), xlim=(0, max(len(audio), 1) / sample_rate))
+  fig.savefig(path, format="png")
+
+
+def spectrogram_png(audio: np.ndarray, sample_rate: int, path: str) -> None:
+  """The STFT magnitude in dB on a fixed scale ([−100, 0] dB re full scale), so streams compare by colour."""
+  nperseg = int(min(512, max(16, len(audio))))
+  freqs, times, spec = scipy.signal.stft(audio, sample_rate, nperseg=nperseg)
+  db = 20.0 * np.log10(np.abs(spec) + 1e-10)
+  fig, ax = _figure()
+  ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=-100.0, vmax=0.0,
+            extent=(times[0], times[-1], freqs[0] / 1000, freqs[-1] / 1000))
+  ax.set_ylabel("kHz", fontsize=7, labelpad=1)
+  fig.savefig(path, format="png")
+
+
+def _fmt(value) -> str:
+  """A run field: floats to 4 significant digits, anything else as text."""
+  return f"{value:.4g}" if isinstance(value, float) else html.escape(str(value))
+
+
+def _num(value, fmt: str) -> str:
+  """A metric cell: formatted number, or empty when the metric is missing."""
+  return "" if value is None else fmt.format(value)
+
+
+def metrics_html(report: dict) -> str:
+  """The eval.json summary: run fields, then a metric table (raw and paper scaling) for input and prediction."""
+  rows = []
+  for key, value in report.items():
+    if key in ("input", "prediction"):
+      continue
+    items = value.items() if isinstance(value, dict) else [("", value)]
+    for sub, v in items:
+      rows.append(f"<tr><th>{html.escape(key + ('.' + sub if sub else ''))}</th><td>{_fmt(v)}</td></tr>")
+  out = [f"<table class=\"run\">{''.join(rows)}</table>"] if rows else []
+  columns = [name for name in ("input", "prediction") if isinstance(report.get(name), dict)]
+  if columns:
+    raw = {name: report[name] for name in columns}
+    paper = {name: paper_display(report[name]) for name in columns}
+    keys = list(dict.fromkeys(k for name in columns for k in report[name]))
+    head = "".join(f"<th>{n} (raw)</th>" for n in columns) + "".join(f"<th>{n} (paper)</th>" for n in columns)
+    body = []
+    for k in keys:
+      tds = "".join(f"<td class=\"num\">{_num(raw[n].get(k), '{:.4g}')}</td>" for n in columns)
+      tds += "".join(f"<td class=\"num\">{_num(paper[n].get(k), '{:.2f}')}</td>" for n in columns)
+      body.append(f"<tr><th>{html.escape(METRIC_NAMES.get(k, k))}</th>{tds}</tr>")
+    out.append(f"<table class=\"metrics\"><tr><th>metric</th>{head}</tr>{''.join(body)}</table>")
+    out.append("<p class=\"note\">Paper scaling: every value ×100 except LDif (VisAH-FM Table 1).</p>")
+  return "\n".join(out)
+
+
+def clip_html(workdir: str, clip: str) -> str:
+  """One clip: frames, then per stream an audio player, a waveform and a spectrogram (images written here)."""
+  clip_dir = os.path.join(workdir, "samples", clip)
+  assets = os.path.join(workdir, ASSETS_DIR, clip)
+  os.makedirs(assets, exist_ok=True)
+  parts = [f"<section class=\"clip\" id=\"clip-{quote(clip)}\"><h3>{html.escape(clip)}</h3>"]
+  frames_dir = os.path.join(clip_dir, "frames")
+  if os.path.isdir(frames_dir):
+    frames = sorted(f for f in os.listdir(frames_dir) if f.lower().endswith(FRAME_EXTENSIONS))
+    imgs = "".join(f"<img src=\"{_url(os.path.join(frames_dir, f), workdir)}\" alt=\"frame {html.escape(f)}\">"
+                   for f in frames)
+    parts.append(f"<div class=\"frames\">{imgs}</div>")
+  streams = sorted((f[:-4] for f in os.listdir(clip_dir) if f.endswith(".wav")), key=_stream_order)
+  rows = []
+  for name in streams:
+    wav = os.path.join(clip_dir, name + ".wav")
+    audio, sr = _mono(wav)
+    wave_png, spec_png = (os.path.join(assets, f"{name}_{kind}.png") for kind in ("waveform", "spectrogram"))
+    waveform_png(audio, sr, wave_png)
+    spectrogram_png(audio, sr, spec_png)
+    label = html.escape(name)
+    rows.append(
+        f"<tr><th>{label}</th>"
+        f"<td><audio controls preload=\"metadata\" src=\"{_url(wav, workdir)}\" data-clip=\"{html.escape(clip)}\" "
+        f"data-stream=\"{label}\"></audio></td>"
+        f"<td><img src=\"{_url(wave_png, workdir)}\" alt=\"{label} waveform\"></td>"
+        f"<td><img src=\"{_url(spec_png, workdir)}\" alt=\"{label} spectrogram\"></td></tr>")
+  parts.append("<table class=\"streams\"><tr><th>stream</th><th>audio</th><th>waveform</th><th>spectrogram</th></tr>"
+               + "".join(rows) + "</table></section>")
+  return "\n".join(parts)
+
+
+def write_report(workdir: str) -> str:
+  """Writes `<workdir>/report.html` (and its images under `report_files/`); returns its path."""
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f"no run directory {workdir!r}")
+  eval_path = os.path.join(workdir, "eval.json")
+  report = None
+  if os.path.exists(eval_path):
+    with open(eval_path) as f:
+      report = json.load(f)
+  samples = os.path.join(workdir, "samples")
+  clips = []
+  if os.path.isdir(samples):
+    clips = sorted(c for c in os.listdir(samples) if os.path.isdir(os.path.join(samples, c)))
+  title = f"avflow report: {os.path.basename(os.path.abspath(workdir))}"
+  body = [f"<h1>{html.escape(title)}</h1>", "<h2>Metrics</h2>",
+          metrics_html(report) if report is not None else "<p class=\"note\">No eval.json in this run.</p>",
+          f"<h2>Clips ({len(clips)})</h2>"]
+  body += [clip_html(workdir, clip) for clip in clips] or ["<p class=\"note\">No samples/ in this run.</p>"]
+  page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+          f"<style>{STYLE}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+  path = os.path.join(workdir, REPORT_NAME)
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(page)
+  return path
