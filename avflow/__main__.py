@@ -7,6 +7,7 @@ COMMANDS = {
     "eval": "evaluate a run's checkpoint on held-out clips",
     "info": "parameter counts of a config (no allocation)",
     "highlight": "rebalance a soundtrack with a trained model",
+    "prepare": "turn real clips (Muddy Mix folders, or videos + stems) into training records",
     "report": "write <workdir>/report.html: clips, audio players, waveforms, spectrograms, metrics",
 }
 

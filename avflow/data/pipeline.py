@@ -48,6 +48,7 @@ class MuddyRemix(grain.transforms.RandomMap):
         "gains_db": np.asarray(out["gains_db"], np.float32),
         "frames": clip["frames"],
         "clip_id": clip["clip_id"],
+        **({"context": np.asarray(clip["context"], np.float32)} if "context" in clip else {}),
     }
 
 
@@ -77,7 +78,10 @@ def make_source(data_cfg, split: str) -> ClipSource:
     return ToyMovies(sample_rate=data_cfg.sample_rate, clip_seconds=data_cfg.clip_seconds,
                      frames_per_second=data_cfg.frames_per_second, image_size=data_cfg.image_size,
                      num_clips=num, seed=data_cfg.seed, split=split)
-  raise ValueError(f"unknown data.source {data_cfg.source!r}; expected 'toy_movies'")
+  if data_cfg.source == "records":
+    from avflow.data.records import records_source
+    return records_source(data_cfg, split)
+  raise ValueError(f"unknown data.source {data_cfg.source!r}; expected 'toy_movies' or 'records'")
 
 
 def device_batch(batch: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -39,7 +39,7 @@ def create_train_state(model, config, example_batch: dict, tx: optax.GradientTra
   """Initializes parameters from `config.seed` and the optimizer state."""
   init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
   t = jnp.zeros((example_batch["x0"].shape[0],), jnp.float32)
-  params = model.init(init_key, example_batch, t)["params"]
+  params = jax.jit(model.init)(init_key, example_batch, t)["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), rng=state_key)
 
 

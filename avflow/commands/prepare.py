@@ -1,0 +1,44 @@
+"""`python -m avflow prepare --input=DIR --layout=muddy_mix|video_stems --output=DIR [--stems_dir=DIR] ...`.
+
+Turns real clips into Muddy Mix training records (`avflow.data.records`): TFDS ArrayRecord under
+`<output>/muddy_mix/<version>` plus `<output>/prepare_report.json`. Point `config.data.records_dir` at
+`<output>` with `config.data.source = "records"` and the same sample rate, clip length and image size.
+"""
+import os
+
+from absl import flags
+
+from avflow.commands import parse_flags  # noqa: F401
+from avflow.data import records
+
+flags.DEFINE_string("input", None, "Folder of clips (see --layout).", required=True)
+flags.DEFINE_enum("layout", "muddy_mix", records.LAYOUTS,
+                  "muddy_mix: public VisAH clip folders (audio_raw/, separated/, frames/[, frames_feats/]); "
+                  "video_stems: video files plus --stems_dir/<clip>/{speech,music,effects}.wav.")
+flags.DEFINE_string("output", None, "Records folder (becomes config.data.records_dir).", required=True)
+flags.DEFINE_string("stems_dir", None, "Stems folder for --layout=video_stems.")
+flags.DEFINE_string("splits_dir", None, "Folder of train.csv / val.csv / test_filter.csv (default: --input); "
+                    "without them clips are split 80/10/10 by a stable hash.")
+flags.DEFINE_integer("sample_rate", 44100, "Record sample rate in Hz (VisAH: 44100).", lower_bound=1)
+flags.DEFINE_float("clip_seconds", 10.0, "Window length in seconds (VisAH: 10).", lower_bound=1e-3)
+flags.DEFINE_float("min_seconds", None, "Shortest last piece that is zero-padded into a window rather than "
+                   "dropped (default: half a window).", lower_bound=0.0)
+flags.DEFINE_integer("image_size", 224, "Frame size after CLIP's resize and center crop.", lower_bound=1)
+flags.DEFINE_bool("strict", False, "Stop at the first bad clip with a non-zero exit status.")
+flags.DEFINE_bool("overwrite", False, "Replace records already in --output.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise SystemExit(f"avflow prepare: unexpected arguments {argv[1:]}")
+  f = flags.FLAGS
+  spec = records.WindowSpec(sample_rate=f.sample_rate, clip_seconds=f.clip_seconds, min_seconds=f.min_seconds,
+                            image_size=f.image_size)
+  try:
+    report = records.prepare(f.input, f.output, f.layout, stems_dir=f.stems_dir, splits_dir=f.splits_dir,
+                             spec=spec, strict=f.strict, overwrite=f.overwrite)
+  except records.PrepareError as e:
+    raise SystemExit(f"avflow prepare: {e}")
+  examples = ", ".join(f"{k} {v}" for k, v in report["examples"].items())
+  print(f"{len(report['ok'])} clips ok, {len(report['skipped'])} skipped, {len(report['warnings'])} warnings; "
+        f"windows: {examples}; report: {os.path.join(f.output, records.REPORT_FILE)}")

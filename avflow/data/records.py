@@ -1,0 +1,572 @@
+"""Muddy Mix records: real clips → a TFDS ArrayRecord dataset, read back as a `ClipSource`.
+
+Two input layouts:
+
+- `muddy_mix`, the public VisAH data layout: one folder per clip holding `audio_raw/<clip>.wav` (the
+  original movie mix, the target), `separated/{speech,music,effects+residual}.wav` (the separator's
+  stems; VisAH uses effects+residual as the effects stem), `frames/*.png` at 1 fps and optionally
+  `frames_feats/visual_feats.pt`, the CLIP ViT-L/14 features (N, 768) of those frames (read with PyTorch
+  when it is installed; the records then carry them as `context` and clips without them are skipped).
+- `video_stems`: a video file per clip, named `<clip>.<ext>`, and its stems in
+  `<stems_dir>/<clip>/{speech,music,effects}.wav`. The original mix is the video's soundtrack; a
+  video without an audio track is still used when its stems are there (the stems' sum stands in for
+  the mix, with a warning), and is skipped only when the stems are missing too.
+
+Splits, in both layouts: from the public lists `train.csv`, `val.csv` and `test_filter.csv` when any is
+present (one clip folder per line; a line names a clip by its last path component; the test split is
+called `test`); otherwise a clip goes to train/val/test (80/10/10, close to the public 15,078 / 1,927 /
+~1,821 clips) by a stable hash of its top-level folder or video under the input, so the sub-clips of one
+source video never straddle splits.
+
+Every clip is read as mono float32 at the target rate (channels averaged and soxr resampling, as
+`librosa.load` in the public generator), cut into windows of `clip_seconds` (VisAH: 10 s) from the
+start; the last, shorter piece is zero-padded when it lasts at least `min_seconds` and dropped
+otherwise. Frames are the 1-fps frames with CLIP's geometry (`video.clip_frame`), the window's
+`round(clip_seconds)` frames (the last one repeated where the clip runs out). Per-stem BS.1770
+loudness is computed once per window with the generator's rules (`remix.stem_loudness`) and stored,
+so the training pipeline never re-measures it; a silent stem has -inf LUFS and the remix leaves it
+at gain 0.
+
+Bad inputs never stop the run unless `strict`: each skipped clip is listed with its reason in
+`<output>/prepare_report.json` = {"ok": [clip ids], "skipped": [{"clip", "path", "reason"}],
+"warnings": [{"clip", "path", "warning"}], "examples": {split: windows written}}.
+"""
+import collections
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import re
+import tempfile
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import soundfile as sf
+import tensorflow_datasets as tfds
+from PIL import Image
+from tqdm import tqdm
+
+from avflow.data import video as video_lib
+from avflow.data.remix import SOURCES, stem_loudness
+
+NAME = "muddy_mix"
+LAYOUTS = ("muddy_mix", "video_stems")
+SPLITS = ("train", "val", "test")
+SPLIT_FILES = {"train": "train.csv", "val": "val.csv", "test": "test_filter.csv"}
+HASH_FRACTIONS = (0.8, 0.1, 0.1)
+STEM_FILES = {"muddy_mix": ("speech.wav", "music.wav", "effects+residual.wav"),
+              "video_stems": ("speech.wav", "music.wav", "effects.wav")}
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+FEATURES_FILE = os.path.join("frames_feats", "visual_feats.pt")
+FRAMES_PER_SECOND = 1
+LENGTH_TOLERANCE_SECONDS = 0.1
+REPORT_FILE = "prepare_report.json"
+
+
+class BadClip(Exception):
+  """A clip that cannot be used: `reason` in words, `path` the offending file or folder."""
+
+  def __init__(self, reason: str, path: str):
+    super().__init__(reason)
+    self.reason, self.path = reason, path
+
+
+class PrepareError(RuntimeError):
+  """The run stopped: a bad clip under `strict`, or an unusable input/output folder."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowSpec:
+  """Record geometry: `sample_rate` Hz, windows of `clip_seconds`, `image_size`-px frames at 1 fps."""
+  sample_rate: int = 44100
+  clip_seconds: float = 10.0
+  min_seconds: float | None = None  # None: half a window
+  image_size: int = 224
+
+  @property
+  def length(self) -> int:
+    return int(round(self.sample_rate * self.clip_seconds))
+
+  @property
+  def frames(self) -> int:
+    return max(1, int(round(self.clip_seconds * FRAMES_PER_SECOND)))
+
+  @property
+  def min_length(self) -> int:
+    seconds = self.clip_seconds / 2 if self.min_seconds is None else self.min_seconds
+    return max(1, int(round(seconds * self.sample_rate)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Clip:
+  """One input clip: `clip_id` (its folder or video name), `path` (that folder or video), `group` (hash key)."""
+  clip_id: str
+  path: str
+  group: str
+
+
+class Report:
+  """What happened to every clip; written as `prepare_report.json`."""
+
+  def __init__(self):
+    self.ok: list[str] = []
+    self.skipped: list[dict] = []
+    self.warnings: list[dict] = []
+    self.examples = {s: 0 for s in SPLITS}
+
+  def warn(self, clip: str | None, path: str | None, warning: str) -> None:
+    self.warnings.append({"clip": clip, "path": path, "warning": warning})
+
+  def skip(self, clip: str, path: str, reason: str) -> None:
+    self.skipped.append({"clip": clip, "path": path, "reason": reason})
+
+  def as_dict(self) -> dict:
+    return {"ok": self.ok, "skipped": self.skipped, "warnings": self.warnings, "examples": self.examples}
+
+  def write(self, path: str) -> None:
+    with open(path, "w") as f:
+      json.dump(self.as_dict(), f, indent=2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding clips and splits.
+
+def _natural_key(name: str) -> list:
+  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def find_clips(layout: str, input_dir: str, report: Report) -> list[Clip]:
+  """The clips under `input_dir` in `layout`, sorted; a second clip with an already seen name is skipped."""
+  found = []
+  for root, dirs, files in os.walk(input_dir):
+    dirs.sort(key=_natural_key)
+    rel = os.path.relpath(root, input_dir)
+    if layout == "muddy_mix":
+      if "separated" in dirs or "audio_raw" in dirs:
+        found.append(Clip(os.path.basename(root), root, rel.split(os.sep)[0]))
+        dirs.clear()
+    else:
+      for name in sorted(files, key=_natural_key):
+        stem, ext = os.path.splitext(name)
+        if ext.lower() in VIDEO_EXTENSIONS:
+          top = stem if rel == "." else rel.split(os.sep)[0]
+          found.append(Clip(stem, os.path.join(root, name), top))
+  seen, clips = {}, []
+  for clip in found:
+    if clip.clip_id in seen:
+      report.skip(clip.clip_id, clip.path, f"duplicate clip name (also {seen[clip.clip_id]})")
+    else:
+      seen[clip.clip_id] = clip.path
+      clips.append(clip)
+  return clips
+
+
+def _hash_split(group: str) -> str:
+  digest = hashlib.blake2b(group.encode(), digest_size=8).digest()
+  u = int.from_bytes(digest, "little") / 2.0 ** 64
+  return SPLITS[int(np.searchsorted(np.cumsum(HASH_FRACTIONS), u, side="right"))]
+
+
+def assign_splits(clips: list[Clip], splits_dir: str, report: Report) -> dict[str, list[Clip]]:
+  """Clips per split: from the public split lists in `splits_dir` if any exists, else by hash."""
+  present = {s: os.path.join(splits_dir, f) for s, f in SPLIT_FILES.items()
+             if os.path.isfile(os.path.join(splits_dir, f))}
+  out = {s: [] for s in SPLITS}
+  if not present:
+    for clip in clips:
+      out[_hash_split(clip.group)].append(clip)
+    return out
+  listed: dict[str, list[str]] = collections.defaultdict(list)
+  known = {c.clip_id for c in clips}
+  for split in SPLITS:
+    if split not in present:
+      report.warn(None, os.path.join(splits_dir, SPLIT_FILES[split]),
+                  f"split list not found: split {split!r} gets no clips")
+      continue
+    with open(present[split]) as f:
+      entries = [line.split(",")[0].strip().strip("\"'") for line in f]
+    names = [os.path.basename(e.rstrip("/")) for e in entries if e]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+      report.warn(None, present[split], f"{len(unknown)} of {len(names)} entries match no clip "
+                  f"(first: {', '.join(unknown[:3])})")
+    for name in names:
+      listed[name].append(split)
+  for clip in clips:
+    splits = listed.get(clip.clip_id)
+    if not splits:
+      report.skip(clip.clip_id, clip.path, "in none of the split lists " + ", ".join(SPLIT_FILES.values()))
+      continue
+    # A clip listed twice goes to the most held-out split, so no test clip is trained on.
+    split = max(set(splits), key=SPLITS.index)
+    if len(set(splits)) > 1:
+      report.warn(clip.clip_id, clip.path, f"listed in splits {sorted(set(splits))}; kept in {split!r} only")
+    out[split].append(clip)
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading one clip.
+
+Warn = Callable[[str, str], None]  # (path, warning)
+
+
+def read_wav(path: str, sample_rate: int, warn: Warn) -> np.ndarray:
+  """A wav file as mono float32 at `sample_rate`; `BadClip` for missing, unreadable, truncated or NaN/Inf audio."""
+  if not os.path.isfile(path):
+    raise BadClip("missing file", path)
+  try:
+    info = sf.info(path)
+    data, rate = sf.read(path, dtype="float32", always_2d=True)
+  except (sf.SoundFileError, RuntimeError) as e:
+    raise BadClip(f"not a readable audio file ({getattr(e, 'error_string', e)})", path) from e
+  declared = re.search(r"^data\s*:\s*(\d+) \(should be (\d+)\)", info.extra_info, re.MULTILINE)
+  if declared and 0 < int(declared.group(2)) < int(declared.group(1)) < 0xFFFFFFFF:
+    raise BadClip(f"truncated: the header declares {declared.group(1)} bytes of audio, the file holds "
+                  f"{declared.group(2)}", path)
+  if data.shape[0] == 0:
+    raise BadClip("no audio samples", path)
+  bad = ~np.isfinite(data)
+  if bad.any():
+    raise BadClip(f"NaN/Inf samples ({int(bad.sum())} of {bad.size})", path)
+  if data.shape[1] > 1:
+    warn(path, f"{data.shape[1]} channels averaged to mono")
+  if rate != sample_rate:
+    warn(path, f"resampled from {rate} Hz to {sample_rate} Hz")
+  return video_lib.mono_resample(data.T, rate, sample_rate)
+
+
+def _read_frames(folder: str, size: int) -> np.ndarray:
+  names = sorted((n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS)), key=_natural_key) \
+      if os.path.isdir(folder) else []
+  if not names:
+    raise BadClip("no frames (.png/.jpg)", folder)
+  frames = []
+  for name in names:
+    path = os.path.join(folder, name)
+    try:
+      with Image.open(path) as image:
+        frames.append(video_lib.clip_frame(image, size))
+    except OSError as e:
+      raise BadClip(f"unreadable frame ({e})", path) from e
+  return np.stack(frames)
+
+
+def _torch_load(path: str) -> np.ndarray:
+  import torch  # only here: the features are PyTorch files
+  x = torch.load(path, map_location="cpu", weights_only=True)
+  x = np.asarray(x.float().numpy() if hasattr(x, "numpy") else x, dtype=np.float32)
+  return x.reshape(len(x), -1) if x.ndim >= 2 else x
+
+
+def _read_context(path: str, dim: int) -> np.ndarray:
+  if not os.path.isfile(path):
+    raise BadClip(f"missing {FEATURES_FILE} (other clips have CLIP features)", path)
+  try:
+    x = _torch_load(path)
+  except Exception as e:  # torch raises many types for a bad file
+    raise BadClip(f"unreadable features ({type(e).__name__}: {e})", path) from e
+  if x.ndim != 2 or x.shape[1] != dim or not len(x):
+    raise BadClip(f"features of shape {x.shape}; expected (N, {dim})", path)
+  if not np.all(np.isfinite(x)):
+    raise BadClip("NaN/Inf in the features", path)
+  return x
+
+
+def _missing(folder: str, names) -> list[str]:
+  return [n for n in names if not os.path.isfile(os.path.join(folder, n))]
+
+
+def load_clip(layout: str, clip: Clip, spec: WindowSpec, context_dim: int | None, warn: Warn,
+              stems_dir: str | None = None) -> dict[str, Any]:
+  """A whole clip: `mix` (L,), `stems` (3, L), `frames` (F, N, N, 3) at 1 fps[, `context` (F', D)]."""
+  sr = spec.sample_rate
+  if layout == "muddy_mix":
+    folder = os.path.join(clip.path, "separated")
+    missing = _missing(folder, STEM_FILES[layout])
+    if missing:
+      raise BadClip(f"missing stem {', '.join(missing)}", folder)
+    stems = [read_wav(os.path.join(folder, n), sr, warn) for n in STEM_FILES[layout]]
+    raw = os.path.join(clip.path, "audio_raw")
+    mix_path = os.path.join(raw, f"{clip.clip_id}.wav")
+    if not os.path.isfile(mix_path) and os.path.isdir(raw):
+      wavs = [n for n in os.listdir(raw) if n.lower().endswith(".wav")]
+      mix_path = os.path.join(raw, wavs[0]) if len(wavs) == 1 else mix_path
+    if os.path.isfile(mix_path):
+      mix = read_wav(mix_path, sr, warn)
+    else:
+      mix = None
+      warn(mix_path, "no original mix; the stems' sum stands in for it")
+    frames = _read_frames(os.path.join(clip.path, "frames"), spec.image_size)
+    context = _read_context(os.path.join(clip.path, FEATURES_FILE), context_dim) if context_dim else None
+  else:
+    try:
+      decoded = video_lib.read_video(clip.path, sr, spec.image_size, FRAMES_PER_SECOND, require_audio=False)
+    except video_lib.VideoError as e:
+      raise BadClip(f"unreadable video ({e})", clip.path) from e
+    folder = os.path.join(stems_dir, clip.clip_id)
+    missing = _missing(folder, STEM_FILES[layout])
+    if missing:
+      lead = "the video has no audio track and " if decoded.audio is None else ""
+      raise BadClip(f"{lead}missing stem {', '.join(missing)}", folder)
+    stems = [read_wav(os.path.join(folder, n), sr, warn) for n in STEM_FILES[layout]]
+    mix = decoded.audio
+    if mix is None:
+      warn(clip.path, "the video has no audio track; the stems' sum stands in for the original mix")
+    frames, context = decoded.frames, None
+
+  lengths = [len(s) for s in stems] + ([len(mix)] if mix is not None else [])
+  n = min(lengths)
+  if max(lengths) - n > LENGTH_TOLERANCE_SECONDS * sr:
+    warn(clip.path, f"mix and stems differ in length ({min(lengths) / sr:.2f}-{max(lengths) / sr:.2f} s); "
+         "all cut to the shortest")
+  stems = np.stack([s[:n] for s in stems])
+  for name, stem in zip(SOURCES, stems):
+    if not np.any(stem):
+      warn(clip.path, f"{name} stem is all silent (kept: -inf LUFS, the remix leaves it at gain 0)")
+  expected = n / sr * FRAMES_PER_SECOND
+  if abs(len(frames) - expected) > 1.5:
+    warn(clip.path, f"{len(frames)} frames for {n / sr:.2f} s of audio at {FRAMES_PER_SECOND} fps")
+  out = dict(mix=stems.sum(axis=0) if mix is None else mix[:n], stems=stems, frames=frames)
+  if context is not None:
+    out["context"] = context
+  return out
+
+
+def _rows(x: np.ndarray, start: int, count: int) -> np.ndarray:
+  """Rows start..start+count of x, the last row repeated past the end."""
+  return x[np.minimum(np.arange(start, start + count), len(x) - 1)]
+
+
+def windows(clip: Clip, data: dict[str, Any], spec: WindowSpec) -> list[dict[str, Any]]:
+  """Fixed-length examples of a loaded clip, each with its stems' loudness; `BadClip` if none is long enough."""
+  n, window, sr = data["stems"].shape[1], spec.length, spec.sample_rate
+  starts = [s for s in range(0, n, window) if min(window, n - s) >= min(spec.min_length, window)]
+  if not starts:
+    raise BadClip(f"{n / sr:.2f} s is shorter than the minimum of {spec.min_length / sr:.2f} s", clip.path)
+  out = []
+  for k, start in enumerate(starts):
+    piece = slice(start, start + window)
+    pad = window - len(data["mix"][piece])
+    stems = np.pad(data["stems"][:, piece], ((0, 0), (0, pad)))
+    first = int(round(start / sr * FRAMES_PER_SECOND))
+    ex = dict(
+        clip_id=f"{clip.clip_id}_w{k:03d}",
+        mix=np.pad(data["mix"][piece], (0, pad)).astype(np.float32),
+        stems=stems.astype(np.float32),
+        loudness=stem_loudness(stems, sr).astype(np.float32),
+        frames=_rows(data["frames"], first, spec.frames),
+    )
+    if "context" in data:
+      ex["context"] = _rows(data["context"], first, spec.frames).astype(np.float32)
+    out.append(ex)
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The TFDS builder.
+
+def features(spec: WindowSpec, context_dim: int | None) -> tfds.features.FeaturesDict:
+  """Schema 1.0.0. Arrays are stored as raw bytes (TFDS `Encoding.BYTES`): proto float lists are ~100x slower."""
+  def tensor(shape, dtype):
+    return tfds.features.Tensor(shape=shape, dtype=dtype, encoding=tfds.features.Encoding.BYTES)
+  n, f = spec.image_size, spec.frames
+  d = {
+      "clip_id": tfds.features.Text(),
+      "mix": tensor((spec.length,), np.float32),
+      "stems": tensor((len(SOURCES), spec.length), np.float32),
+      "loudness": tensor((len(SOURCES),), np.float32),
+      "frames": tensor((f, n, n, 3), np.uint8),
+  }
+  if context_dim:
+    d["context"] = tensor((f, context_dim), np.float32)
+  return tfds.features.FeaturesDict(d)
+
+
+@dataclasses.dataclass
+class Plan:
+  """What a build writes: the clips per split and how to read them."""
+  layout: str
+  spec: WindowSpec
+  splits: dict[str, list[Clip]]
+  report: Report
+  context_dim: int | None = None
+  stems_dir: str | None = None
+  strict: bool = False
+  progress: Any = None
+
+
+class MuddyMix(tfds.core.GeneratorBasedBuilder):
+  """Muddy Mix windows as ArrayRecord: clip_id, mix (L,), stems (3, L) in `SOURCES` order, loudness (3,)
+  LUFS, frames (F, N, N, 3) uint8 at 1 fps[, context (F, D) CLIP features]. Read it with
+  `tfds.data_source("muddy_mix", data_dir=..., split=...)` (no TensorFlow needed) or `RecordSource`."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First schema: clip_id, mix, stems, loudness, frames, optional context."}
+  # Nothing is downloaded, so there is no checksums file to find next to the code (TFDS would look it up
+  # through importlib_resources, which its Python 3.11 install does not bring).
+  code_path = None
+
+  def __init__(self, *, plan: Plan | None = None, **kwargs):
+    self._plan = plan  # None when opened for reading: the schema then comes from the stored files
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    if self._plan is None:
+      return tfds.core.DatasetInfo(builder=self)
+    p = self._plan
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__.split("\n\n")[0],
+        features=features(p.spec, p.context_dim),
+        metadata=tfds.core.MetadataDict(
+            sample_rate=p.spec.sample_rate, clip_seconds=p.spec.clip_seconds,
+            min_seconds=p.spec.min_length / p.spec.sample_rate, image_size=p.spec.image_size,
+            frames_per_second=FRAMES_PER_SECOND, sources=list(SOURCES), layout=p.layout,
+            context_dim=p.context_dim or 0))
+
+  def _split_generators(self, dl_manager):
+    """One generator per split that yields at least one example (TFDS cannot write an empty split)."""
+    out = {}
+    for split, clips in self._plan.splits.items():
+      examples = self._generate_examples(split, clips)
+      first = next(examples, None)
+      if first is None:
+        self._plan.report.warn(None, None, f"split {split!r} has no usable clips and is not written")
+      else:
+        out[split] = itertools.chain([first], examples)
+    if not out:
+      raise PrepareError("no usable clips: nothing to write (see the skipped clips in the report)")
+    return out
+
+  def _generate_examples(self, split: str, clips: list[Clip]) -> Iterator[tuple[str, dict]]:
+    p = self._plan
+    for clip in clips:
+      p.progress.set_postfix_str(f"{split}: {clip.clip_id}", refresh=False)
+      try:
+        data = load_clip(p.layout, clip, p.spec, p.context_dim,
+                         lambda path, text, c=clip.clip_id: p.report.warn(c, path, text), p.stems_dir)
+        examples = windows(clip, data, p.spec)
+      except BadClip as e:
+        p.report.skip(clip.clip_id, e.path, e.reason)
+        if p.strict:
+          raise PrepareError(f"{clip.clip_id}: {e.reason} ({e.path})") from e
+        continue
+      except Exception as e:  # keep going over thousands of clips; the report names the error
+        reason = f"unexpected error: {type(e).__name__}: {e}"
+        p.report.skip(clip.clip_id, clip.path, reason)
+        if p.strict:
+          raise PrepareError(f"{clip.clip_id}: {reason}") from e
+        continue
+      finally:
+        p.progress.update(1)
+      p.report.ok.append(clip.clip_id)
+      p.report.examples[split] += len(examples)
+      for ex in examples:
+        yield ex["clip_id"], ex
+
+
+def _context_dim(clips: list[Clip], report: Report) -> int | None:
+  """The CLIP feature width when the clips carry `frames_feats/visual_feats.pt` and torch can read it."""
+  paths = [os.path.join(c.path, FEATURES_FILE) for c in clips]
+  paths = [p for p in paths if os.path.isfile(p)]
+  if not paths:
+    return None
+  try:
+    import torch  # noqa: F401
+  except ImportError:
+    report.warn(None, paths[0], f"PyTorch is not installed: {len(paths)} {FEATURES_FILE} files are ignored")
+    return None
+  for path in paths:
+    try:
+      x = _torch_load(path)
+    except Exception:  # the clip is reported when it is read
+      continue
+    if x.ndim == 2:
+      return int(x.shape[1])
+  report.warn(None, paths[0], f"no readable {FEATURES_FILE}: no context features are stored")
+  return None
+
+
+def prepare(input_dir: str, output_dir: str, layout: str = "muddy_mix", *, stems_dir: str | None = None,
+            splits_dir: str | None = None, spec: WindowSpec = WindowSpec(), strict: bool = False,
+            overwrite: bool = False) -> dict:
+  """Build `<output_dir>/muddy_mix/<version>` from `input_dir` and write the report; returns the report dict.
+
+  Raises `PrepareError` for unusable folders, for a build with no usable clip, and under `strict` at
+  the first bad clip (the report is written in every case once clips were read).
+  """
+  if layout not in LAYOUTS:
+    raise PrepareError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
+  if not os.path.isdir(input_dir):
+    raise PrepareError(f"input folder {input_dir} does not exist")
+  if layout == "video_stems" and not (stems_dir and os.path.isdir(stems_dir)):
+    raise PrepareError(f"layout video_stems needs an existing stems folder (got {stems_dir!r})")
+  if spec.length < 1 or spec.image_size < 1:
+    raise PrepareError(f"bad window geometry {spec}")
+  report = Report()
+  clips = find_clips(layout, input_dir, report)
+  splits = assign_splits(clips, splits_dir or input_dir, report)
+  context_dim = _context_dim(clips, report) if layout == "muddy_mix" else None
+  os.makedirs(output_dir, exist_ok=True)
+  total = sum(len(c) for c in splits.values())
+  with tqdm(total=total, unit="clip", desc="prepare", dynamic_ncols=True) as progress:
+    plan = Plan(layout, spec, splits, report, context_dim, stems_dir, strict, progress)
+    builder = MuddyMix(plan=plan, data_dir=output_dir, file_format=tfds.core.FileFormat.ARRAY_RECORD)
+    if os.path.isdir(builder.data_dir) and not overwrite:
+      raise PrepareError(f"{builder.data_dir} already holds {NAME} {builder.version}; pass overwrite "
+                         "(--overwrite) or pick another output folder")
+    mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite else \
+        tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+    tfds.disable_progress_bar()
+    try:
+      with tempfile.TemporaryDirectory() as downloads:
+        builder.download_and_prepare(download_dir=downloads, download_config=tfds.download.DownloadConfig(
+            download_mode=mode, compute_stats=tfds.download.ComputeStatsMode.SKIP))
+    finally:
+      report.write(os.path.join(output_dir, REPORT_FILE))
+  return report.as_dict()
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading.
+
+class RecordSource:
+  """A `ClipSource` over one split of prepared records: `source[i]` → dict(clip_id, stems (3, L), frames
+  (F, N, N, 3), loudness (3,), mix (L,)[, context (F, D)]), random access without TensorFlow."""
+
+  def __init__(self, records_dir: str, split: str):
+    info_dir = os.path.join(records_dir, NAME)
+    if not os.path.isdir(info_dir):
+      raise FileNotFoundError(f"no {NAME} records in {records_dir!r}; build them with `python -m avflow prepare`")
+    builder = tfds.builder(NAME, data_dir=records_dir)
+    if split not in builder.info.splits:
+      raise ValueError(f"split {split!r} is not in the records at {records_dir} (it has "
+                       f"{', '.join(builder.info.splits) or 'none'}; see prepare_report.json)")
+    self.metadata = dict(builder.info.metadata or {})
+    self._data = builder.as_data_source(split=split)
+
+  def __len__(self) -> int:
+    return len(self._data)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    ex = dict(self._data[index])
+    ex["clip_id"] = ex["clip_id"].decode()
+    return ex
+
+
+def records_source(data_cfg, split: str) -> RecordSource:
+  """`RecordSource` for `data.source == "records"`: checks the records' geometry against `data_cfg`."""
+  if not data_cfg.records_dir:
+    raise ValueError("data.records_dir is empty; build records with `python -m avflow prepare` and set it")
+  source = RecordSource(data_cfg.records_dir, split)
+  m = source.metadata
+  wanted = {"sample_rate": data_cfg.sample_rate, "clip_seconds": data_cfg.clip_seconds,
+            "image_size": data_cfg.image_size, "frames_per_second": data_cfg.frames_per_second}
+  wrong = [f"{k}: config {v}, records {m.get(k)}" for k, v in wanted.items() if float(m.get(k, -1)) != float(v)]
+  if wrong:
+    raise ValueError(f"records at {data_cfg.records_dir} do not match config.data ({'; '.join(wrong)}); "
+                     "prepare them again with matching flags")
+  return source

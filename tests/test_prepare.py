@@ -1,0 +1,268 @@
+"""The ingest: real files → muddy_mix ArrayRecord records → RecordSource and the Grain pipeline.
+
+Every test builds its own tiny inputs (8 kHz audio, 2-s windows, 16-px frames).
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile as sf
+from PIL import Image
+
+from avflow import configs_lib
+from avflow.data import pipeline, records, video
+from avflow.data.remix import stem_loudness
+from test_video import make_video, picture, tone
+
+SR = 8000
+SPEC = records.WindowSpec(sample_rate=SR, clip_seconds=2.0, min_seconds=0.5, image_size=16)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def stems_for(name: str, seconds: float, sr: int = SR) -> np.ndarray:
+  rng = np.random.default_rng(sum(map(ord, name)))
+  n = int(round(seconds * sr))
+  return np.stack([rng.uniform(-a, a, n) for a in (0.3, 0.1, 0.05)]).astype(np.float32)
+
+
+def muddy_clip(root, name, seconds=2.0, stems=None, sr=SR, frames=None):
+  """A public-layout clip folder; float wavs so the samples round-trip exactly."""
+  folder = os.path.join(root, "movie", "sub_video", name)
+  stems = stems_for(name, seconds, sr) if stems is None else stems
+  for sub in ("separated", "audio_raw", "frames"):
+    os.makedirs(os.path.join(folder, sub), exist_ok=True)
+  for file, stem in zip(records.STEM_FILES["muddy_mix"], stems):
+    sf.write(os.path.join(folder, "separated", file), stem, sr, subtype="FLOAT")
+  sf.write(os.path.join(folder, "audio_raw", f"{name}.wav"), stems.sum(axis=0), sr, subtype="FLOAT")
+  count = int(np.ceil(stems.shape[1] / sr)) if frames is None else frames
+  for i in range(count):
+    Image.fromarray(picture(i)).save(os.path.join(folder, "frames", f"{i + 1:03d}.png"))
+  return folder
+
+
+def write_splits(root, **splits):
+  for split, names in splits.items():
+    with open(os.path.join(root, records.SPLIT_FILES[split]), "w") as f:
+      f.writelines(f"./data/Muddy_Mix/movie/sub_video/{n}\n" for n in names)
+
+
+def by_id(source):
+  return {source[i]["clip_id"]: source[i] for i in range(len(source))}
+
+
+def data_config(records_dir):
+  cfg = configs_lib.base_config("toy", "flow").data
+  cfg.update(dict(source="records", records_dir=str(records_dir), sample_rate=SR, clip_seconds=2.0, image_size=16))
+  return cfg
+
+
+def test_good_clips_round_trip(tmp_path):
+  inp, out = tmp_path / "in", tmp_path / "out"
+  muddy_clip(inp, "a_000", 2.0)
+  muddy_clip(inp, "a_001", 3.0)  # 2 windows: the 1-s rest is padded (>= 0.5 s)
+  muddy_clip(inp, "b_000", 4.2)  # 2 windows: the 0.2-s rest is dropped
+  silent = stems_for("c_000", 2.0)
+  silent[1] = 0.0
+  muddy_clip(inp, "c_000", stems=silent)
+  write_splits(inp, train=["a_000", "a_001", "b_000"], val=["c_000"], test=["not_there"])
+  report = records.prepare(str(inp), str(out), spec=SPEC)
+
+  assert report == json.loads((out / records.REPORT_FILE).read_text())
+  assert sorted(report["ok"]) == ["a_000", "a_001", "b_000", "c_000"] and report["skipped"] == []
+  assert report["examples"] == {"train": 5, "val": 1, "test": 0}
+  texts = [w["warning"] for w in report["warnings"]]
+  assert any("music stem is all silent" in t for t in texts)
+  assert any("split 'test' has no usable clips" in t for t in texts)
+  assert any("1 of 1 entries match no clip" in t for t in texts)
+
+  train = by_id(records.RecordSource(str(out), "train"))
+  assert sorted(train) == ["a_000_w000", "a_001_w000", "a_001_w001", "b_000_w000", "b_000_w001"]
+  for clip_id, ex in train.items():
+    assert ex["stems"].shape == (3, 2 * SR) and ex["stems"].dtype == np.float32
+    assert ex["mix"].shape == (2 * SR,) and ex["frames"].shape == (2, 16, 16, 3) and ex["frames"].dtype == np.uint8
+    np.testing.assert_array_equal(ex["loudness"], stem_loudness(ex["stems"], SR).astype(np.float32))
+    np.testing.assert_allclose(ex["mix"], ex["stems"].sum(axis=0), atol=1e-6)
+  source = stems_for("a_001", 3.0)
+  np.testing.assert_array_equal(train["a_001_w001"]["stems"][:, :SR], source[:, 2 * SR:])
+  assert not np.any(train["a_001_w001"]["stems"][:, SR:])
+  frames = train["a_001_w001"]["frames"]  # frames at 2 s and (repeated, past the end) 2 s
+  expected = video.clip_frame(Image.fromarray(picture(2)), 16)
+  np.testing.assert_array_equal(frames[0], expected)
+  np.testing.assert_array_equal(frames[1], expected)
+
+  val = records.RecordSource(str(out), "val")
+  assert np.isneginf(val[0]["loudness"][1])
+  with pytest.raises(ValueError, match="split 'test' is not in the records"):
+    records.RecordSource(str(out), "test")
+
+  cfg = data_config(out)
+  batch = next(iter(pipeline.make_dataset(records.records_source(cfg, "train"), cfg, batch_size=2, seed=0,
+                                          train=True)))
+  assert batch["x0"].shape == batch["x1"].shape == (2, 2 * SR, 1)
+  assert batch["stems"].shape == (2, 3, 2 * SR) and batch["frames"].shape == (2, 2, 16, 16, 3)
+  batch = next(iter(pipeline.make_dataset(records.records_source(cfg, "val"), cfg, batch_size=1, seed=0,
+                                          train=False)))
+  assert batch["gains_db"][0, 1] == 0.0  # the silent stem is left alone by the remix
+  cfg.image_size = 32
+  with pytest.raises(ValueError, match="image_size: config 32, records 16"):
+    records.records_source(cfg, "train")
+
+  with pytest.raises(records.PrepareError, match="already holds"):
+    records.prepare(str(inp), str(out), spec=SPEC)
+  write_splits(inp, train=["a_000"], val=[], test=[])
+  report = records.prepare(str(inp), str(out), spec=SPEC, overwrite=True)
+  assert report["examples"] == {"train": 1, "val": 0, "test": 0}
+  assert len(records.RecordSource(str(out), "train")) == 1
+
+
+def test_bad_inputs_are_reported_and_the_run_continues(tmp_path):
+  inp, out = tmp_path / "in", tmp_path / "out"
+  muddy_clip(inp, "good")
+  garbage = muddy_clip(inp, "garbage")
+  with open(os.path.join(garbage, "separated", "speech.wav"), "wb") as f:
+    f.write(b"not audio at all " * 100)
+  truncated = muddy_clip(inp, "truncated")
+  path = os.path.join(truncated, "separated", "music.wav")
+  sf.write(path, stems_for("truncated", 2.0)[1], SR, subtype="PCM_16")
+  with open(path, "rb") as f:
+    data = f.read()
+  with open(path, "wb") as f:
+    f.write(data[:len(data) // 2])
+  missing = muddy_clip(inp, "missing")
+  os.remove(os.path.join(missing, "separated", "music.wav"))
+  nan = stems_for("nan", 2.0)
+  nan[2, 100] = np.nan
+  muddy_clip(inp, "nan", stems=nan)
+  muddy_clip(inp, "stereo", stems=np.stack([stems_for("stereo", 2.0)] * 2, axis=-1))
+  muddy_clip(inp, "rate", stems=stems_for("rate", 2.0, sr=2 * SR), sr=2 * SR)
+  muddy_clip(inp, "short", 0.3)
+  muddy_clip(inp, "padded", 1.2)
+  no_frames = muddy_clip(inp, "no_frames")
+  for name in os.listdir(os.path.join(no_frames, "frames")):
+    os.remove(os.path.join(no_frames, "frames", name))
+  report = records.prepare(str(inp), str(out), spec=SPEC)
+
+  reasons = {s["clip"]: s["reason"] for s in report["skipped"]}
+  assert sorted(report["ok"]) == ["good", "padded", "rate", "stereo"]
+  assert "not a readable audio file" in reasons["garbage"]
+  assert reasons["truncated"].startswith("truncated")
+  assert reasons["missing"] == "missing stem music.wav"
+  assert "NaN/Inf" in reasons["nan"]
+  assert "shorter than the minimum of 0.50 s" in reasons["short"]
+  assert "no frames" in reasons["no_frames"]
+  assert {s["path"] for s in report["skipped"] if s["clip"] == "garbage"} == {
+      os.path.join(garbage, "separated", "speech.wav")}
+  warned = {(w["clip"], w["warning"]) for w in report["warnings"]}
+  assert ("stereo", "2 channels averaged to mono") in warned
+  assert ("rate", f"resampled from {2 * SR} Hz to {SR} Hz") in warned
+  assert sum(report["examples"].values()) == 4
+
+  examples = {}
+  for split, count in report["examples"].items():
+    if count:
+      examples.update(by_id(records.RecordSource(str(out), split)))
+  np.testing.assert_array_equal(examples["stereo_w000"]["stems"], stems_for("stereo", 2.0))
+  rate = examples["rate_w000"]
+  assert rate["stems"].shape == (3, 2 * SR)
+  np.testing.assert_array_equal(rate["loudness"], stem_loudness(rate["stems"], SR).astype(np.float32))
+  assert not np.any(examples["padded_w000"]["stems"][:, int(1.2 * SR):])
+
+
+def test_strict_stops_at_the_first_bad_clip(tmp_path):
+  inp, out = tmp_path / "in", tmp_path / "out"
+  muddy_clip(inp, "a_good")
+  bad = muddy_clip(inp, "b_bad")
+  os.remove(os.path.join(bad, "separated", "speech.wav"))
+  muddy_clip(inp, "c_good")
+  write_splits(inp, train=["a_good", "b_bad", "c_good"])
+  code = ("import sys; from absl import app; from avflow.commands import prepare; "
+          "app.run(prepare.main, argv=['avflow prepare'] + sys.argv[1:], flags_parser=prepare.parse_flags)")
+  args = [f"--input={inp}", f"--output={out}", "--sample_rate=8000", "--clip_seconds=2", "--image_size=16"]
+  env = dict(os.environ, PYTHONPATH=REPO)
+  run = subprocess.run([sys.executable, "-c", code, *args, "--strict"], capture_output=True, text=True, env=env,
+                       cwd=tmp_path)
+  assert run.returncode != 0
+  assert "b_bad: missing stem speech.wav" in run.stderr
+  report = json.loads((out / records.REPORT_FILE).read_text())
+  assert report["ok"] == ["a_good"] and [s["clip"] for s in report["skipped"]] == ["b_bad"]
+  assert not os.path.isdir(out / records.NAME / "1.0.0")
+
+  run = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=tmp_path)
+  assert run.returncode == 0, run.stderr
+  assert "2 clips ok, 1 skipped" in run.stdout
+  assert len(records.RecordSource(str(out), "train")) == 2
+
+
+def test_video_stems_layout(tmp_path):
+  inp, stems_dir, out = tmp_path / "videos", tmp_path / "stems", tmp_path / "out"
+  os.makedirs(inp)
+
+  def write_stems(name, seconds):
+    os.makedirs(stems_dir / name)
+    for file, stem in zip(records.STEM_FILES["video_stems"], stems_for(name, seconds)):
+      sf.write(stems_dir / name / file, stem, SR, subtype="FLOAT")
+
+  make_video(inp / "with_audio.mp4", seconds=3.0, audio=tone(3.0))
+  write_stems("with_audio", 3.0)
+  make_video(inp / "mute.mp4", seconds=2.0)
+  write_stems("mute", 2.0)
+  make_video(inp / "mute_no_stems.mp4", seconds=2.0)
+  make_video(inp / "no_stems.mp4", seconds=2.0, audio=tone(2.0))
+  (inp / "broken.mkv").write_bytes(b"\x1a\x45\xdf\xa3 garbage" * 40)
+  report = records.prepare(str(inp), str(out), "video_stems", stems_dir=str(stems_dir), spec=SPEC)
+
+  reasons = {s["clip"]: s["reason"] for s in report["skipped"]}
+  assert sorted(report["ok"]) == ["mute", "with_audio"]
+  assert reasons["mute_no_stems"].startswith("the video has no audio track and missing stem speech.wav")
+  assert reasons["no_stems"].startswith("missing stem speech.wav")
+  assert reasons["broken"].startswith("unreadable video")
+  assert ("mute", "the video has no audio track; the stems' sum stands in for the original mix") in {
+      (w["clip"], w["warning"]) for w in report["warnings"]}
+
+  examples = {}
+  for split, count in report["examples"].items():
+    if count:
+      examples.update(by_id(records.RecordSource(str(out), split)))
+  assert sorted(examples) == ["mute_w000", "with_audio_w000", "with_audio_w001"]
+  np.testing.assert_allclose(examples["mute_w000"]["mix"], stems_for("mute", 2.0).sum(axis=0), atol=1e-6)
+  first = examples["with_audio_w000"]
+  assert np.corrcoef(first["mix"], tone(2.0))[0, 1] > 0.99
+  decoded = video.read_video(str(inp / "with_audio.mp4"), SR, 16)
+  np.testing.assert_array_equal(first["frames"], decoded.frames[:2])
+  np.testing.assert_array_equal(examples["with_audio_w001"]["frames"], decoded.frames[[2, 2]])
+  np.testing.assert_array_equal(first["loudness"], stem_loudness(first["stems"], SR).astype(np.float32))
+
+
+def test_hash_split_is_stable_and_groups_sub_clips(tmp_path):
+  splits = [records._hash_split(f"movie{i}") for i in range(2000)]
+  assert splits == [records._hash_split(f"movie{i}") for i in range(2000)]
+  fractions = [splits.count(s) / len(splits) for s in records.SPLITS]
+  np.testing.assert_allclose(fractions, records.HASH_FRACTIONS, atol=0.03)
+  clips = [records.Clip(f"m{i}_{j:03d}", "", f"m{i}") for i in range(20) for j in range(3)]
+  assigned = records.assign_splits(clips, str(tmp_path), records.Report())
+  for split, members in assigned.items():
+    assert all(records._hash_split(c.group) == split for c in members)
+  assert sum(len(m) for m in assigned.values()) == 60
+
+
+def test_clip_features_become_context(tmp_path):
+  torch = pytest.importorskip("torch")
+  inp, out = tmp_path / "in", tmp_path / "out"
+  feats = torch.arange(24, dtype=torch.float32).reshape(3, 8)
+  for name in ("a", "b"):
+    folder = muddy_clip(inp, name, 3.0)
+    os.makedirs(os.path.join(folder, "frames_feats"))
+    torch.save(feats, os.path.join(folder, records.FEATURES_FILE))
+  muddy_clip(inp, "no_feats")
+  report = records.prepare(str(inp), str(out), spec=SPEC)
+  assert sorted(report["ok"]) == ["a", "b"]
+  assert [s["clip"] for s in report["skipped"]] == ["no_feats"]
+  examples = {}
+  for split, count in report["examples"].items():
+    if count:
+      examples.update(by_id(records.RecordSource(str(out), split)))
+  np.testing.assert_array_equal(examples["a_w000"]["context"], feats[:2].numpy())
+  np.testing.assert_array_equal(examples["a_w001"]["context"], feats[[2, 2]].numpy())
