@@ -1,0 +1,129 @@
+"""Load transformers CLIP / CLAP checkpoints into the Flax encoders of `avflow.models`.
+
+The Flax trees mirror the transformers module names, so the key map is derived from the
+target tree itself (the "look up the randomly initialised Flax tree" rule):
+
+| Flax path element / leaf            | PyTorch key element       | tensor conversion           |
+|-------------------------------------|---------------------------|-----------------------------|
+| `layers_3`, `blocks_1` (any `_<i>`) | `layers.3`, `blocks.1`    |                             |
+| `kernel`, 2-D (Dense `(in, out)`)   | `weight` `(out, in)`      | transpose                   |
+| `kernel`, 4-D (Conv `(kh, kw, in, out)`) | `weight` `(out, in, kh, kw)` | `transpose(2, 3, 1, 0)` |
+| `scale` (LayerNorm, BatchNorm)      | `weight`                  |                             |
+| `embedding` (Embed)                 | `weight`                  |                             |
+| `mean`, `var` (frozen BatchNorm)    | `running_mean`, `running_var` |                         |
+| anything else (`bias`, `class_embedding`, `relative_position_bias_table`) | same name | |
+
+Derived buffers (`position_ids`, `relative_position_index`, `num_batches_tracked`) are not
+parameters and are skipped. Loading is all-or-nothing: every missing, unexpected and
+mis-shaped tensor is collected and reported in ONE `CheckpointMismatchError`.
+"""
+import re
+from typing import Any, Callable, Iterable, Mapping
+
+import jax
+import numpy as np
+
+DERIVED_BUFFERS = ("position_ids", "relative_position_index", "num_batches_tracked")
+# Keys of the other tower when the checkpoint is a full CLIPModel / ClapModel.
+CLIP_OTHER_TOWER = ("text_model.", "text_projection.", "logit_scale")
+CLAP_OTHER_TOWER = ("text_model.", "text_projection.", "logit_scale_a", "logit_scale_t")
+
+_LEAF_NAMES = {"kernel": "weight", "scale": "weight", "embedding": "weight",
+               "mean": "running_mean", "var": "running_var"}
+
+
+class CheckpointMismatchError(ValueError):
+  """The checkpoint and the Flax parameters disagree; the message lists every difference."""
+
+
+def load_state_dict(path: str) -> dict[str, np.ndarray]:
+  """A `.safetensors` or torch `.bin`/`.pt` state dict as float/int numpy arrays."""
+  if path.endswith(".safetensors"):
+    from safetensors.numpy import load_file
+    return dict(load_file(path))
+  import torch
+  state = torch.load(path, map_location="cpu", weights_only=True)
+  return {k: _to_numpy(v) for k, v in state.items()}
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+  """numpy view of a numpy array or a CPU torch tensor (bfloat16 is widened to float32)."""
+  if hasattr(value, "detach"):
+    value = value.detach()
+    return (value.float() if str(value.dtype) == "torch.bfloat16" else value).numpy()
+  return np.asarray(value)
+
+
+def _torch_key(path: tuple) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
+  names = [p.key for p in path]
+  modules = [re.sub(r"_(\d+)$", r".\1", n) for n in names[:-1]]
+  leaf = names[-1]
+  key = ".".join(modules + [_LEAF_NAMES.get(leaf, leaf)])
+  if leaf == "kernel":
+    return key, lambda w: np.transpose(w, (2, 3, 1, 0)) if w.ndim == 4 else w.T
+  return key, lambda w: w
+
+
+def key_map(params: Any, keep: Iterable[str] = ()) -> dict[str, tuple[tuple, Callable]]:
+  """PyTorch key -> (Flax path, conversion) for every Flax leaf not under a `keep` prefix."""
+  keep = tuple(keep)
+  out = {}
+  for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
+    name = "/".join(p.key for p in path)
+    if any(name == k or name.startswith(k + "/") for k in keep):
+      continue
+    key, convert = _torch_key(path)
+    out[key] = (path, convert)
+  return out
+
+
+def import_state_dict(state_dict: Mapping[str, Any], params: Any, *, keep: Iterable[str] = (),
+                      skip_prefixes: Iterable[str] = ()) -> Any:
+  """Return `params` with every leaf replaced by its converted checkpoint tensor.
+
+  `keep`: Flax path prefixes (`"adapter"`) that have no checkpoint tensor and keep their
+  value from `params`. `skip_prefixes`: checkpoint keys to ignore (the other tower).
+  Raises `CheckpointMismatchError` listing missing, unexpected and mis-shaped tensors.
+  """
+  expected = key_map(params, keep)
+  skip = tuple(skip_prefixes)
+  state = {k: _to_numpy(v) for k, v in state_dict.items()
+           if not (skip and k.startswith(skip)) and k.rsplit(".", 1)[-1] not in DERIVED_BUFFERS}
+  leaves = {path: leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+  missing = sorted(k for k in expected if k not in state)
+  unexpected = sorted(k for k in state if k not in expected)
+  misshaped, converted = [], {}
+  for key, (path, convert) in expected.items():
+    if key not in state:
+      continue
+    value = convert(state[key])
+    want = tuple(leaves[path].shape)
+    if value.shape != want:
+      misshaped.append(f"{key}: checkpoint {tuple(state[key].shape)} -> {value.shape}, "
+                       f"expected {want} at {'/'.join(p.key for p in path)}")
+    else:
+      converted[path] = value.astype(leaves[path].dtype)
+  if missing or unexpected or misshaped:
+    lines = ["checkpoint does not match the Flax parameters:"]
+    for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+      lines.append(f"  {title} ({len(items)}):" + "".join(f"\n    {item}" for item in items))
+    raise CheckpointMismatchError("\n".join(lines))
+  return jax.tree_util.tree_map_with_path(lambda path, leaf: converted.get(path, leaf), params)
+
+
+def import_clip(state_dict: Mapping[str, Any], params: Any) -> Any:
+  """`CLIPVisionModelWithProjection` or full `CLIPModel` weights into `CLIPVision` params."""
+  return import_state_dict(state_dict, params, keep=("adapter",), skip_prefixes=CLIP_OTHER_TOWER)
+
+
+def import_clap(state_dict: Mapping[str, Any], params: Any) -> Any:
+  """`ClapAudioModelWithProjection` or full `ClapModel` weights into `CLAPAudio` params."""
+  return import_state_dict(state_dict, params, skip_prefixes=CLAP_OTHER_TOWER)
+
+
+def load_clip(path: str, params: Any) -> Any:
+  return import_clip(load_state_dict(path), params)
+
+
+def load_clap(path: str, params: Any) -> Any:
+  return import_clap(load_state_dict(path), params)
