@@ -126,6 +126,8 @@ def train(config, workdir: str, resume: bool = False) -> TrainState:
         if writer:
           for k, v in scalars.items():
             writer.add_scalar(f"train/{k}", v, step)
+          with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps({"step": step, **scalars}) + "\n")
       done = step == config.total_steps
       if step % config.checkpoint_every == 0 or done or stop.signal is not None:
         ckpt.save(step, state, data_iter)

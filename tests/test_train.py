@@ -1,0 +1,149 @@
+"""Training end to end on tiny toy movies: checkpoints, eval.json, samples, resume, errors, the CLI."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import soundfile as sf
+
+from avflow.data.pipeline import device_batch, make_dataset, make_source
+from avflow.models.highlighter import Highlighter
+from avflow.train import checkpoint
+from avflow.train.loop import NonFiniteError, train
+from avflow.train.state import create_train_state, make_optimizer
+from avflow.train.step import make_train_step
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config.batch_size=2", "--config.log_every=1", "--config.data.clip_seconds=1.0",
+        "--config.data.num_train_clips=16", "--config.data.num_eval_clips=2", "--config.data.image_size=16",
+        "--config.eval.batch_size=2", "--config.eval.num_samples=1", "--config.model.channels=4",
+        "--config.model.latent.depth=1", "--config.model.latent.context_dim=16", "--config.model.time_embed_dim=16",
+        "--config.objective.num_steps=2", "--config.objective.horizon=2", "--config.inference.num_steps=2"]
+
+
+def _cli(*args, **kw):
+  return subprocess.run([sys.executable, "-m", "avflow", *args], cwd=ROOT, capture_output=True, text=True, **kw)
+
+
+def _losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return {r["step"]: r["loss"] for r in map(json.loads, f)}
+
+
+def test_flow_matching_run_writes_checkpoints_eval_and_samples(tiny_fm_config, tmp_path):
+  workdir = str(tmp_path / "run")
+  state = train(tiny_fm_config, workdir)
+  assert int(state.step) == 4
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
+  with open(os.path.join(workdir, "eval.json")) as f:
+    report = json.load(f)
+  assert report["steps"] == 4 and report["num_clips"] == 2
+  for part in ("input", "prediction"):
+    assert set(report[part]) == {"ldif", "mag", "env", "was"}
+    assert all(np.isfinite(v) for v in report[part].values())
+  # The input's oracle LDif is the mean |drawn gain|: between 6 and 12 dB on every clip.
+  assert 6.0 <= report["input"]["ldif"] <= 12.0
+  (clip,) = os.listdir(os.path.join(workdir, "samples"))
+  for name in ("input", "prediction", "target"):
+    audio, sr = sf.read(os.path.join(workdir, "samples", clip, f"{name}.wav"))
+    assert sr == 16000 and len(audio) == 16000
+  assert set(_losses(workdir)) == {1, 2, 3, 4}
+  assert any(n.startswith("events") for n in os.listdir(os.path.join(workdir, "tensorboard")))
+  with pytest.raises(FileExistsError, match="--resume"):
+    train(tiny_fm_config, workdir)
+
+
+def test_total_steps_zero_writes_the_initialized_checkpoint(tiny_visah_config, tmp_path):
+  tiny_visah_config.total_steps = 0
+  workdir = str(tmp_path / "init")
+  train(tiny_visah_config, workdir)
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["0"]
+  params = checkpoint.load_params(workdir)
+  assert "visah" in params and not os.path.exists(os.path.join(workdir, "eval.json"))
+
+
+def test_discriminative_visah_trains(tiny_visah_config, tmp_path):
+  tiny_visah_config.total_steps = 2
+  tiny_visah_config.eval_every = 2
+  workdir = str(tmp_path / "visah")
+  train(tiny_visah_config, workdir)
+  losses = _losses(workdir)
+  assert set(losses) == {1, 2} and all(np.isfinite(v) for v in losses.values())
+  with open(os.path.join(workdir, "eval.json")) as f:
+    assert json.load(f)["prediction"]["mag"] > 0
+
+
+def test_loss_drops_when_fitting_one_batch(tiny_fm_config):
+  c = tiny_fm_config
+  c.optimizer.learning_rate = 3e-3
+  c.optimizer.warmup_steps = 0
+  c.optimizer.schedule = "constant"
+  batch = device_batch(next(iter(make_dataset(make_source(c.data, "train"), c.data, batch_size=2, seed=0,
+                                              train=True))))
+  model = Highlighter(c.model)
+  tx = make_optimizer(c)
+  state = create_train_state(model, c, batch, tx)
+  step = jax.jit(make_train_step(model, c, tx), donate_argnums=0)
+  losses = []
+  for i in range(25):
+    state, metrics = step(state, batch, jax.random.PRNGKey(i % 2))
+    losses.append(float(metrics["loss"]))
+  assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3]), losses
+
+
+def test_non_finite_loss_halts_with_step_and_clip_ids(tiny_visah_config, tmp_path):
+  tiny_visah_config.optimizer.learning_rate = 1e30
+  tiny_visah_config.optimizer.warmup_steps = 0
+  tiny_visah_config.total_steps = 6
+  with pytest.raises(NonFiniteError, match=r"at step \d+ .*clip ids: toy-train"):
+    train(tiny_visah_config, str(tmp_path / "nan"))
+
+
+def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
+  args = ["train", "--config.total_steps=6", "--config.eval_every=100", "--config.checkpoint_every=100", *TINY]
+  straight = str(tmp_path / "straight")
+  done = _cli(*args, f"--workdir={straight}", timeout=900)
+  assert done.returncode == 0, done.stderr[-3000:]
+
+  interrupted = str(tmp_path / "interrupted")
+  proc = subprocess.Popen([sys.executable, "-m", "avflow", *args, f"--workdir={interrupted}"], cwd=ROOT,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  metrics = os.path.join(interrupted, "metrics.jsonl")
+  deadline = time.time() + 900
+  while time.time() < deadline and proc.poll() is None:
+    if os.path.exists(metrics) and len(open(metrics).read().splitlines()) >= 2:
+      proc.send_signal(signal.SIGTERM)
+      break
+    time.sleep(0.05)
+  _, err = proc.communicate(timeout=900)
+  assert proc.returncode == 0, err[-3000:]
+  stopped_at = max(_losses(interrupted))
+  assert stopped_at < 6, "the run finished before the signal arrived"
+  assert checkpoint.Checkpointer(interrupted).latest_step() == stopped_at
+
+  resumed = _cli(*args, f"--workdir={interrupted}", "--resume", timeout=900)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert _losses(interrupted) == _losses(straight)
+
+
+def test_cli_reports_bad_arguments_in_one_line(tmp_path):
+  unknown = _cli("trian")
+  assert unknown.returncode == 2 and "unknown command 'trian'" in unknown.stderr
+  bad = _cli("train", f"--workdir={tmp_path}", "--config.no_such_field=1")
+  assert bad.returncode != 0 and "no_such_field" in bad.stderr
+  missing = _cli("info", "--config=configs/visah_fm.py:huge")
+  assert missing.returncode != 0 and "unknown variant 'huge'" in missing.stderr
+
+
+def test_info_prints_the_public_visah_parameter_count():
+  out = _cli("info", "--config=configs/visah.py:paper", timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = out.stdout.splitlines()
+  assert lines[:3] == ["params_total: 59956090", "params_trainable: 59956090", "params_frozen: 0"]
+  assert "visah/model/latent_transformer: 39000832" in lines
