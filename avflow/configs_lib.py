@@ -52,7 +52,16 @@ def base_config(scale: str, task: str) -> ml_collections.ConfigDict:
   c.model = presets.model_config(scale)
   c.model.warm_start = task == "flow"
   c.model.time_conditioning = "latent_token" if task == "flow" else "none"
-  c.model.conditioning = ml_collections.ConfigDict(dict(kind="frames_tiny" if scale == "toy" else "features"))
+  c.model.conditioning = ml_collections.ConfigDict(dict(
+      kind="frames_tiny" if scale == "toy" else "features",
+      features_key="context",  # `features`: which stored field, CLIP image features or T5 text features.
+      clip="tiny" if scale == "toy" else "vit_l14",
+      clap="tiny" if scale == "toy" else "full",
+      adapter_layer=2 if scale == "toy" else 18,  # Sec. 3.1: the adapter is the 18th layer of CLIP.
+      modalities=("audio",),
+      text_dim=4096,  # T5-XXL (Table 1 "VisAH T5").
+      text_tokens=10,
+  ))
 
   c.objective = ml_collections.ConfigDict(dataclasses.asdict(ObjectiveConfig()))
   c.optimizer = ml_collections.ConfigDict(dict(

@@ -6,6 +6,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from avflow.models.highlighter import frozen_prefixes
+from avflow.train.partition import freeze
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -27,12 +30,14 @@ def learning_rate_schedule(opt_cfg, total_steps: int) -> optax.Schedule:
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
+  """Adam on the trainable parameters; frozen encoders get zero updates and no optimizer state."""
   opt_cfg = config.optimizer
-  adam = optax.adam(learning_rate_schedule(opt_cfg, config.total_steps), b1=opt_cfg.b1, b2=opt_cfg.b2,
-                    eps=opt_cfg.eps)
+  tx = optax.adam(learning_rate_schedule(opt_cfg, config.total_steps), b1=opt_cfg.b1, b2=opt_cfg.b2,
+                  eps=opt_cfg.eps)
   if opt_cfg.clip_norm:
-    return optax.chain(optax.clip_by_global_norm(opt_cfg.clip_norm), adam)
-  return adam
+    tx = optax.chain(optax.clip_by_global_norm(opt_cfg.clip_norm), tx)
+  frozen = frozen_prefixes(config.model)
+  return freeze(tx, frozen) if frozen else tx
 
 
 def create_train_state(model, config, example_batch: dict, tx: optax.GradientTransformation) -> TrainState:
@@ -49,11 +54,15 @@ def abstract_batch(config, batch_size: int = 1) -> dict:
   length = int(round(data.sample_rate * data.clip_seconds))
   frames = max(1, int(round(data.clip_seconds * data.frames_per_second)))
   audio = jax.ShapeDtypeStruct((batch_size, length, 1), jnp.float32)
+  cond = config.model.conditioning
   batch = {"x0": audio, "x1": audio}
-  if config.model.conditioning.kind == "features":
-    batch["context"] = jax.ShapeDtypeStruct((batch_size, frames, config.model.latent.context_dim), jnp.float32)
+  if cond.kind == "features":
+    batch[cond.features_key] = jax.ShapeDtypeStruct((batch_size, frames, config.model.latent.context_dim),
+                                                    jnp.float32)
   else:
     batch["frames"] = jax.ShapeDtypeStruct((batch_size, frames, data.image_size, data.image_size, 3), jnp.uint8)
+  if cond.kind == "clip_adapter" and "text" in cond.modalities:
+    batch["text"] = jax.ShapeDtypeStruct((batch_size, cond.text_tokens, cond.text_dim), jnp.float32)
   return batch
 
 
