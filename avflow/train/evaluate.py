@@ -13,7 +13,8 @@ import numpy as np
 import soundfile as sf
 
 from avflow.data.pipeline import device_batch, make_dataset
-from avflow.metrics import loudness, signal
+from avflow.flow.solvers import Trajectory
+from avflow.metrics import loudness, signal, trajectory
 
 
 def signal_metrics(pred: np.ndarray, target: np.ndarray, target_stems: np.ndarray, input_stems: np.ndarray,
@@ -31,16 +32,26 @@ def signal_metrics(pred: np.ndarray, target: np.ndarray, target_stems: np.ndarra
 def run_predictions(predict, params, source, config) -> dict[str, Any]:
   """Runs `predict` over a source with the fixed evaluation remix; returns stacked host arrays."""
   ds = make_dataset(source, config.data, batch_size=config.eval.batch_size, seed=config.data.seed, train=False)
-  out = {k: [] for k in ("clip_id", "x0", "x1", "pred", "stems", "target_stems")}
+  out = {k: [] for k in ("x0", "x1", "pred", "stems", "target_stems")}
+  clip_ids, states, velocities, times = [], [], [], None
   for batch in ds:
-    pred, _ = predict(params, device_batch(batch))
+    pred, traj = predict(params, device_batch(batch))
     out["pred"].append(np.asarray(jax.device_get(pred))[..., 0])
+    if traj is not None:
+      states.append(np.asarray(traj.states)[..., 0])
+      velocities.append(np.asarray(traj.velocities)[..., 0])
+      times = np.asarray(traj.times)
     out["x0"].append(batch["x0"][..., 0])
     out["x1"].append(batch["x1"][..., 0])
     out["stems"].append(batch["stems"])
     out["target_stems"].append(batch["target_stems"])
-    out["clip_id"].extend(str(c) for c in batch["clip_id"])
-  return {k: (v if k == "clip_id" else np.concatenate(v)) for k, v in out.items()}
+    clip_ids.extend(str(c) for c in batch["clip_id"])
+  res = {k: np.concatenate(v) for k, v in out.items()}
+  res["clip_id"] = clip_ids
+  res["trajectory"] = None if times is None else Trajectory(
+      final=res["pred"], states=np.concatenate(states, axis=1), velocities=np.concatenate(velocities, axis=1),
+      times=times)
+  return res
 
 
 def evaluate(predict, params, source, config, workdir: str, step: int) -> dict[str, Any]:
@@ -55,6 +66,10 @@ def evaluate(predict, params, source, config, workdir: str, step: int) -> dict[s
       "sample_rate": sr,
       "inference": {"num_steps": config.inference.num_steps, "method": config.inference.method},
   }
+  traj = res["trajectory"]
+  if traj is not None:  # Sec. 3.2.2: drift and linearity of the inference trajectory (Fig. 4, Table 12).
+    report["trajectory"] = {rep: trajectory.trajectory_metrics(traj, res["x0"], res["x1"], rep)
+                            for rep in ("waveform", "stft")}
   with open(os.path.join(workdir, "eval.json"), "w") as f:
     json.dump(report, f, indent=2)
   for i, clip in enumerate(res["clip_id"][:config.eval.num_samples]):
@@ -62,4 +77,7 @@ def evaluate(predict, params, source, config, workdir: str, step: int) -> dict[s
     os.makedirs(clip_dir, exist_ok=True)
     for name, key in (("input", "x0"), ("prediction", "pred"), ("target", "x1")):
       sf.write(os.path.join(clip_dir, f"{name}.wav"), np.clip(res[key][i], -1, 1), sr)
+    if traj is not None:  # the per-step outputs (Fig. 5)
+      for k in range(1, len(traj.times) - 1):
+        sf.write(os.path.join(clip_dir, f"step_{k}.wav"), np.clip(traj.states[k, i], -1, 1), sr)
   return report

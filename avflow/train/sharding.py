@@ -1,47 +1,52 @@
 """Device mesh (`data`, `fsdp`) and the shardings of the train state and batches.
 
 Parameter sharding follows regex → PartitionSpec rules kept as data in the config (`config.mesh.rules`, a list of
-[regex, spec] pairs matched against '/'-joined parameter paths, first match wins). The spec "fsdp" shards a tensor's
-largest dimension divisible by the `fsdp` axis size; tensors smaller than `mesh.fsdp_min_size` and unmatched ones
-are replicated. Batches are sharded over both axes.
+[regex, spec] pairs matched against '/'-joined state paths such as `params/visah/encoder_0/conv/kernel` or
+`opt_state/1/0/mu/visah/...`, first match wins). The spec "fsdp" shards a tensor's largest dimension divisible by
+the `fsdp` axis size (big_vision's `fsdp` rule); any other spec is a tuple of axis names (or None) per dimension.
+Tensors with fewer than `mesh.fsdp_min_size` elements and unmatched ones are replicated. The default rule
+`(".*", "fsdp")` shards every large parameter, its Adam moments and the frozen CLIP/CLAP towers alike; with
+`mesh.fsdp=1` (the default) everything is replicated and the mesh is pure data parallelism.
+
+Batches are sharded over both axes, so `batch_size` must be divisible by the device count.
 """
 import re
 from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from avflow.train.partition import path_name
 
 AXES = ("data", "fsdp")
+DEFAULT_RULES = ((".*", "fsdp"),)
+DEFAULT_MIN_SIZE = 2 ** 14
 
 
 def make_mesh(mesh_cfg, devices=None) -> Mesh:
-  devices = jax.devices() if devices is None else devices
+  """The (data, fsdp) mesh; `mesh.data = -1` takes every device not used by `fsdp`."""
+  devices = jax.devices() if devices is None else list(devices)
   fsdp = mesh_cfg.fsdp
   data = mesh_cfg.data if mesh_cfg.data > 0 else len(devices) // fsdp
   if data * fsdp != len(devices):
     raise ValueError(f"mesh data={mesh_cfg.data} × fsdp={fsdp} does not cover the {len(devices)} devices")
-  return Mesh(np.asarray(devices).reshape(data, fsdp), AXES)
+  return jax.make_mesh((data, fsdp), AXES, axis_types=(AxisType.Auto,) * 2, devices=devices)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(AXES))
 
 
-def _path_name(path) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-
-
 def _fsdp_spec(shape, fsdp_size: int) -> P:
-  dims = sorted(range(len(shape)), key=lambda d: -shape[d])
-  for d in dims:
+  for d in sorted(range(len(shape)), key=lambda d: -shape[d]):
     if shape[d] % fsdp_size == 0:
       return P(*[("fsdp" if i == d else None) for i in range(len(shape))])
   return P()
 
 
-def partition_specs(tree: Any, mesh: Mesh, rules, min_size: int = 2 ** 14) -> Any:
-  """A PartitionSpec per leaf of `tree` from the (regex, spec) rules."""
+def partition_specs(tree: Any, mesh, rules=DEFAULT_RULES, min_size: int = DEFAULT_MIN_SIZE) -> Any:
+  """A PartitionSpec per leaf of `tree` from the (regex, spec) rules; `mesh` needs only `.shape`."""
   compiled = [(re.compile(pattern), spec) for pattern, spec in rules]
   fsdp_size = mesh.shape["fsdp"]
 
@@ -49,7 +54,7 @@ def partition_specs(tree: Any, mesh: Mesh, rules, min_size: int = 2 ** 14) -> An
     shape = np.shape(leaf)
     if int(np.prod(shape)) < min_size:
       return P()
-    name = _path_name(path)
+    name = path_name(path)
     for pattern, spec in compiled:
       if pattern.search(name):
         if spec == "fsdp":
@@ -61,7 +66,9 @@ def partition_specs(tree: Any, mesh: Mesh, rules, min_size: int = 2 ** 14) -> An
 
 
 def state_sharding(state: Any, mesh: Mesh, mesh_cfg) -> Any:
-  specs = partition_specs(state, mesh, mesh_cfg.get("rules", ()), mesh_cfg.get("fsdp_min_size", 2 ** 14))
+  """A NamedSharding per leaf of the train state (parameters, optimizer state, step, rng)."""
+  specs = partition_specs(state, mesh, mesh_cfg.get("rules", DEFAULT_RULES),
+                          mesh_cfg.get("fsdp_min_size", DEFAULT_MIN_SIZE))
   return jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
 
 

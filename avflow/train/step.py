@@ -8,6 +8,7 @@ import optax
 
 from avflow import flow
 from avflow.models.highlighter import Highlighter
+from avflow.train import precision
 from avflow.train.losses import multi_resolution_stft_loss
 from avflow.train.state import TrainState
 
@@ -43,8 +44,9 @@ def _all_finite(tree) -> jax.Array:
 
 def make_train_step(model: Highlighter, config, tx: optax.GradientTransformation) -> Callable:
   """train_step(state, batch, rng) → (state, metrics); a non-finite loss or gradient leaves the state unchanged
-  (except the step count) and reports `finite = False`, so the loop can halt or skip (`config.nonfinite`)."""
-  loss_fn = make_loss_fn(model, config)
+  (except the step count) and reports `finite = False`, so the loop can halt or skip (`config.nonfinite`).
+  `config.precision = "bf16"` computes the loss with bfloat16 matmuls and convolutions (`precision.autocast`)."""
+  loss_fn = precision.autocast(make_loss_fn(model, config), config.get("precision", "fp32"))
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
@@ -60,7 +62,7 @@ def make_train_step(model: Highlighter, config, tx: optax.GradientTransformation
 
 
 def make_predict_fn(model: Highlighter, config) -> Callable:
-  """predict(params, batch, stop_after=None) → (x̂1, trajectory states (K+1, B, L, 1) or None).
+  """predict(params, batch, stop_after=None) → (x̂1, the solver's `Trajectory`, or None for VisAH).
 
   VisAH-FM integrates from x0 at t=0 on the N-step grid (Euler by default, Sec. 3.1: N = 4), optionally
   stopping after k steps (Sec. 9); VisAH regresses in one pass.
@@ -78,6 +80,6 @@ def make_predict_fn(model: Highlighter, config) -> Callable:
       return model.apply(variables, x_t, t, cond, x0, method=Highlighter.velocity)
 
     traj = flow.integrate(velocity_fn, x0, context, inference.num_steps, inference.method, stop_after)
-    return traj.final, traj.states
+    return traj.final, traj
 
   return predict
