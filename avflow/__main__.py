@@ -8,6 +8,7 @@ COMMANDS = {
     "info": "parameter counts of a config (no allocation)",
     "highlight": "rebalance a soundtrack with a trained model",
     "prepare": "turn real clips (Muddy Mix folders, or videos + stems) into training records",
+    "ablate": "train and evaluate every row of a paper table; write docs/results/table<T>_<scale>.md",
     "report": "write <workdir>/report.html: clips, audio players, waveforms, spectrograms, metrics",
 }
 

@@ -1,15 +1,22 @@
 """The discriminative VisAH baseline: x̂1 = u(x0, c) trained with the public multi-resolution STFT loss.
 
 Variants: toy, small, paper (`python -m avflow info --config=configs/visah.py:paper` prints the public model's
-59,956,090 parameters).
+59,956,090 parameters), and `<scale>_t5`: conditioned on stored 4096-d T5 text features instead of CLIP image
+features (Table 1 "VisAH T5"; the public code's `context_dim: 4096`).
 """
 from avflow.configs_lib import base_config
 
-VARIANTS = ("toy", "small", "paper")
+VARIANTS = ("toy", "small", "paper", "toy_t5", "small_t5", "paper_t5")
 
 
 def get_config(arg: str = "toy"):
   variant = arg or "toy"
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r} of visah.py; expected one of {', '.join(VARIANTS)}")
-  return base_config(variant, task="regression")
+  scale, _, text = variant.partition("_")
+  config = base_config(scale, task="regression")
+  if text:
+    config.model.conditioning.kind = "features"
+    config.model.conditioning.features_key = "text"
+    config.model.latent.context_dim = config.model.conditioning.text_dim
+  return config

@@ -1,0 +1,34 @@
+"""`python -m avflow ablate --table=3 --scale=toy [--seeds=0,1] [--total_steps=N]`: one paper table, end to end.
+
+At `toy` (and `small`) scale every row is trained and evaluated here and `docs/results/table<T>_<scale>.md/.json`
+are written; at `paper` scale the per-row training commands are printed for a cluster (`launch/ablate_sweep.sh`).
+"""
+from absl import flags
+
+from avflow import ablate
+from avflow.commands import parse_flags  # noqa: F401
+
+flags.DEFINE_string("table", None, "Paper table number (1–11).", required=True)
+flags.DEFINE_enum("scale", "toy", ["toy", "small", "paper"], "Config scale of every row.")
+flags.DEFINE_list("seeds", ["0"], "Training seeds.")
+flags.DEFINE_integer("total_steps", None, "Override every row's total_steps (to fit a time budget).")
+flags.DEFINE_string("runs", "runs/ablate", "Root of the per-row run directories.")
+flags.DEFINE_string("out", "docs/results", "Where the table's .md and .json go.")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise SystemExit(f"avflow ablate: unexpected arguments {argv[1:]}")
+  f = flags.FLAGS
+  seeds = [int(s) for s in f.seeds]
+  try:
+    ablate.table_rows(f.table, f.scale)
+  except ValueError as e:
+    raise SystemExit(f"avflow ablate: {e}")
+  if f.scale == "paper":
+    print("\n".join(ablate.launch_commands(f.table, f.scale, seeds, f.runs)))
+    return
+  run = ablate.run_table(f.table, f.scale, seeds, f.runs, f.total_steps)
+  md, js = ablate.write(ablate.summarize(f.table, f.scale, seeds, run), f.out)
+  print(open(md).read())
+  print(f"wrote {md} and {js}")
