@@ -233,7 +233,7 @@ def test_bilstm_matches_torch_lstm():
   x = randn(3, 11, 5)
   params = lstm.init(KEY, x)["params"]
   ref = tnn.LSTM(5, 6, num_layers=2, bidirectional=True)
-  ref.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in params.items()})
+  ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in params.items()})
   with torch.no_grad():
     expected = ref(torch.from_numpy(x).transpose(0, 1))[0].transpose(0, 1).numpy()
   np.testing.assert_allclose(np.asarray(lstm.apply({"params": params}, x)), expected, atol=1e-5)
@@ -313,7 +313,8 @@ def test_unet_plan_paper():
   assert enc == [(1, 24, 8, 4, True, 2, False, False), (24, 48, 8, 4, True, 2, False, False),
                  (48, 96, 8, 4, True, 2, False, False), (96, 192, 8, 4, True, 2, False, False),
                  (192, 384, 8, 4, True, 0, True, True), (384, 768, 4, 2, False, 1, True, True)]
-  assert [(s.kernel, s.stride, s.empty) for s in plan.tencoder] == [(8, 4, False)] * 4 + [(8, 4, True)]
+  tenc = [(s.kernel, s.stride, s.empty) for s in plan.tencoder]
+  assert tenc == [(8, 4, False)] * 4 + [(8, 4, True)]
   assert [(s.chin, s.chout, s.last) for s in plan.decoder] == [
       (768, 384, False), (384, 192, False), (192, 96, False), (96, 48, False), (48, 24, False),
       (24, 1, True)]
@@ -445,7 +446,8 @@ def test_paper_param_tree_maps_onto_pytorch_keys(paper):
     assert shapes[key] == shape, key
   assert not any(k.startswith(("model.tencoder.4.", "model.tdecoder.0.")) and "rewrite" in k
                  for k in shapes)
-  assert "model.tdecoder.0.norm1.weight" not in shapes and "model.decoder.2.norm1.weight" not in shapes
+  assert "model.tdecoder.0.norm1.weight" not in shapes
+  assert "model.decoder.2.norm1.weight" not in shapes
 
 
 # ---------------------------------------------------------------------------------------------
@@ -504,8 +506,9 @@ def test_mask_and_time_branch_composition(toy):
   params = _without_time(params)
   model = dict(params["model"])
   last = f"decoder_{len(unet_plan(_cfg()).decoder) - 1}"
-  model[last] = {**model[last], "conv_tr": {"kernel": jnp.zeros_like(model[last]["conv_tr"]["kernel"]),
-                                            "bias": jnp.ones_like(model[last]["conv_tr"]["bias"])}}
+  conv_tr = model[last]["conv_tr"]
+  model[last] = {**model[last], "conv_tr": {"kernel": jnp.zeros_like(conv_tr["kernel"]),
+                                            "bias": jnp.ones_like(conv_tr["bias"])}}
   model["tdecoder_3"] = {**model["tdecoder_3"],
                          "conv_tr": jax.tree.map(jnp.zeros_like, model["tdecoder_3"]["conv_tr"])}
   out, _ = _apply("none")({"model": model}, mix, ctx)
@@ -572,7 +575,8 @@ def test_missing_or_unexpected_time_is_an_error(toy):
 def test_gradients_are_finite(toy):
   _, params, mix, ctx, t = toy
   model = VisAH(_cfg("toy", "latent_token+encoder"))
-  grads = jax.jit(jax.grad(lambda p: jnp.mean(model.apply({"params": p}, mix, ctx, t) ** 2)))(params)
+  loss = lambda p: jnp.mean(model.apply({"params": p}, mix, ctx, t) ** 2)
+  grads = jax.jit(jax.grad(loss))(params)
   leaves = jax.tree.leaves(grads)
   assert all(np.all(np.isfinite(np.asarray(g))) for g in leaves)
   assert np.abs(np.asarray(grads["model"]["encoder_0"]["conv"]["kernel"])).max() > 0

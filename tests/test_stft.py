@@ -46,13 +46,12 @@ def test_stft_matches_torch(n_fft, hop, win, length, normalized, center):
   np.testing.assert_allclose(out, ref, atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize("n_fft,hop,win,length,normalized,center", CASES)
+# A Hann window without centring violates NOLA at the first sample: torch.istft refuses it.
+@pytest.mark.parametrize("n_fft,hop,win,length,normalized,center", [c for c in CASES if c[-1]])
 def test_istft_matches_torch_and_inverts(n_fft, hop, win, length, normalized, center):
   x = _signal((3, length), seed=1)
   z = _torch_stft(x, n_fft, hop, win, normalized, center)
   wl = win or n_fft
-  if not center:
-    pytest.skip("a Hann window without centring violates NOLA at the first sample")
   for out_len in (None, length):
     ref = torch.istft(torch.from_numpy(z), n_fft, hop, wl, window=torch.hann_window(wl),
                       center=center, normalized=normalized, length=out_len).numpy()

@@ -29,28 +29,27 @@ Parameter tree -> PyTorch keys (`model.` prefix in the VisAH checkpoint). A Flax
 Dense `kernel` -> `weight` (`.T`); `bias`, LayerScale `scale` (no `bias` beside it) and the
 LSTM tensors unchanged; `freq_emb/embedding` -> `freq_emb.embedding.weight`.
 
-| Flax path                                         | PyTorch key                                      |
-|---------------------------------------------------|--------------------------------------------------|
-| encoder_{i}/conv/{kernel,bias}                    | encoder.{i}.conv.{weight,bias}                   |
-| encoder_{i}/norm1, norm2 (i >= norm_starts)       | encoder.{i}.norm1, norm2                         |
-| encoder_{i}/rewrite                               | encoder.{i}.rewrite                              |
-| encoder_{i}/dconv/layers_{d}/{0,1,3,4,6}          | encoder.{i}.dconv.layers.{d}.{0,1,3,4,6}         |
-| encoder_{i}/dconv/layers_{d}/3/lstm/weight_ih_l0  | encoder.{i}.dconv.layers.{d}.3.lstm.weight_ih_l0 |
-| encoder_{i}/dconv/layers_{d}/3/linear             | encoder.{i}.dconv.layers.{d}.3.linear            |
-| encoder_{i}/dconv/layers_{d}/4/{query,...,proj}   | encoder.{i}.dconv.layers.{d}.4.{query,...,proj}  |
-| encoder_{i}/dconv/layers_{d}/{5,6,8}              | encoder.{i}.dconv.layers.{d}.{5,6,8}             |
-| tencoder_{i}/...                                  | tencoder.{i}....                                 |
-| decoder_{j}/{conv_tr,rewrite,norm1,norm2}         | decoder.{j}.{conv_tr,rewrite,norm1,norm2}        |
-| tdecoder_{j}/{conv_tr,rewrite,norm2}              | tdecoder.{j}.{conv_tr,rewrite,norm2}             |
-| freq_emb/embedding                                | freq_emb.embedding.weight (stored / emb_scale)   |
-| latent_transformer/...                            | latent_transformer.... (see `avflow.models.latent`) |
+| Flax path                                      | PyTorch key                                    |
+|------------------------------------------------|------------------------------------------------|
+| encoder_{i}/conv/{kernel,bias}                 | encoder.{i}.conv.{weight,bias}                 |
+| encoder_{i}/{norm1,norm2} (i >= norm_starts)   | encoder.{i}.{norm1,norm2}                      |
+| encoder_{i}/rewrite                            | encoder.{i}.rewrite                            |
+| encoder_{i}/dconv/layers_{d}/{0,1,3,4,6}       | encoder.{i}.dconv.layers.{d}.{0,1,3,4,6}       |
+| encoder_{i}/dconv/layers_{d}/3/lstm/*          | encoder.{i}.dconv.layers.{d}.3.lstm.*          |
+| encoder_{i}/dconv/layers_{d}/3/linear          | encoder.{i}.dconv.layers.{d}.3.linear          |
+| encoder_{i}/dconv/layers_{d}/4/{query,...}     | encoder.{i}.dconv.layers.{d}.4.{query,...}     |
+| encoder_{i}/dconv/layers_{d}/{5,6,8}           | encoder.{i}.dconv.layers.{d}.{5,6,8}           |
+| tencoder_{i}/...                               | tencoder.{i}....                               |
+| decoder_{j}/{conv_tr,rewrite,norm1,norm2}      | decoder.{j}.{conv_tr,rewrite,norm1,norm2}      |
+| tdecoder_{j}/{conv_tr,rewrite,norm2}           | tdecoder.{j}.{conv_tr,rewrite,norm2}           |
+| freq_emb/embedding                             | freq_emb.embedding.weight (stored / emb_scale) |
+| latent_transformer/...                         | latent_transformer.... (`avflow.models.latent`) |
 
 Extra parameters with no PyTorch counterpart (only with
 `time_conditioning == "latent_token+encoder"`): `encoder_time_{i}` and `tencoder_time_{i}`,
 Dense layers from the time token to the channels of encoder layer i (zero-initialised).
 """
 import dataclasses
-import math
 from typing import List, Optional, Tuple
 
 import flax.linen as nn
@@ -127,21 +126,21 @@ def unet_plan(cfg: ml_collections.ConfigDict) -> UNetPlan:
     if last_freq:
       kernel, pad = freqs, 0
       chout_z = chout = max(chout, chout_z)
-    common = dict(norm=index >= cfg.norm_starts)
+    norm = index >= cfg.norm_starts
     dconv = dict(lstm=index >= cfg.dconv_lstm, attn=index >= cfg.dconv_attn)
-    encoder.append(LayerSpec(chin_z, chout_z, kernel, stride, freq, pad, **common, **dconv))
+    encoder.append(LayerSpec(chin_z, chout_z, kernel, stride, freq, pad, norm, **dconv))
     if freq:
       t_kernel, t_stride = ((merge_kernel, merge_stride) if last_freq
                             else (cfg.kernel_size, cfg.stride))
-      tencoder.append(LayerSpec(chin, chout, t_kernel, t_stride, False, t_kernel // 4,
-                                empty=last_freq, **common, **dconv))
+      tencoder.append(LayerSpec(chin, chout, t_kernel, t_stride, False, t_kernel // 4, norm,
+                                empty=last_freq, **dconv))
     if index == 0:
       chin = chin_z = cfg.audio_channels
-    decoder.insert(0, LayerSpec(chout_z, chin_z, kernel, stride, freq, pad, last=index == 0,
-                                **common))
+    decoder.insert(0, LayerSpec(chout_z, chin_z, kernel, stride, freq, pad, norm,
+                                last=index == 0))
     if freq:
-      tdecoder.insert(0, LayerSpec(chout, chin, t_kernel, t_stride, False, t_kernel // 4,
-                                   empty=last_freq, last=index == 0, **common))
+      tdecoder.insert(0, LayerSpec(chout, chin, t_kernel, t_stride, False, t_kernel // 4, norm,
+                                   empty=last_freq, last=index == 0))
     chin, chin_z = chout, chout_z
     chout, chout_z = int(cfg.growth * chout), int(cfg.growth * chout_z)
     if freq:
@@ -187,9 +186,8 @@ class HEncLayer(nn.Module):
       y = group_norm(cfg.norm_groups, "norm1")(y)
     y = gelu(y)
     dconv = DConv(s.chout, compress=cfg.dconv_comp, depth=cfg.dconv_depth,
-                  scale_init=cfg.dconv_init,
-                  lstm=s.lstm, attn=s.attn, lstm_max_steps=cfg.lstm_max_steps, rescale=rescale,
-                  name="dconv")
+                  scale_init=cfg.dconv_init, lstm=s.lstm, attn=s.attn,
+                  lstm_max_steps=cfg.lstm_max_steps, rescale=rescale, name="dconv")
     if s.freq:
       b, f, t, c = y.shape
       y = dconv(y.reshape(b * f, t, c)).reshape(b, f, t, c)
