@@ -302,7 +302,11 @@ def test_scaled_embedding_stores_weight_divided_by_scale():
 # U-Net construction, shapes and parameter counts.
 
 def _cfg(scale="toy", time_conditioning="none"):
+  """A preset; "toy" here is a 5-layer, nfft-512 variant of the toy preset, whose merge layer needs the
+  generalised time-branch stride and whose layer 4 carries the BLSTM and LocalState."""
   cfg = model_config(scale)
+  if scale == "toy":
+    cfg.update(dict(depth=5, nfft=512, norm_starts=4, dconv_lstm=4, dconv_attn=4))
   cfg.time_conditioning = time_conditioning
   return cfg
 
@@ -352,7 +356,7 @@ def _layer_shapes(cfg, batch, length, n_ctx=3):
 
 
 def test_toy_layer_shapes():
-  # toy: 16 kHz, 2 s, nfft 512 (hop 128): 4 frequency layers 256 -> 64 -> 16 -> 4 -> 1, the
+  # 2 s at 16 kHz, nfft 512 (hop 128): 4 frequency layers 256 -> 64 -> 16 -> 4 -> 1, the
   # merge layer of the time branch has stride 2, then one time layer (stride 2) to 125 tokens.
   _, shapes, out = _layer_shapes(_cfg(), 2, 32000)
   assert out == (2, 32000, 1)

@@ -13,7 +13,7 @@ from avflow.train.loop import train
 from test_video import decoded_pictures, make_video, picture
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SR = 16000
+SR = 8000
 
 
 def _highlight(*args):
@@ -86,7 +86,7 @@ def test_highlight_errors_are_clear(run_dir, tmp_path):
       ((silent, tmp_path / "o.mp4", f"--workdir={run_dir}"), "no audio track"),
       ((garbage, tmp_path / "o.mp4", f"--workdir={run_dir}"), "cannot read video"),
       ((silent, tmp_path / "o.mp4", f"--workdir={empty_run}"), "not an avflow run directory"),
-      ((silent, tmp_path / "o.mp4", f"--workdir={run_dir}", "--sample_rate=44100"), "trained at 16000 Hz"),
+      ((silent, tmp_path / "o.mp4", f"--workdir={run_dir}", "--sample_rate=44100"), "trained at 8000 Hz"),
       ((tmp_path / "missing.mp4", tmp_path / "o.mp4", f"--workdir={run_dir}"), "does not exist"),
   ]
   for args, message in cases:

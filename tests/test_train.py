@@ -52,7 +52,7 @@ def test_flow_matching_run_writes_checkpoints_eval_and_samples(tiny_fm_config, t
   (clip,) = os.listdir(os.path.join(workdir, "samples"))
   for name in ("input", "prediction", "target"):
     audio, sr = sf.read(os.path.join(workdir, "samples", clip, f"{name}.wav"))
-    assert sr == 16000 and len(audio) == 16000
+    assert sr == 8000 and len(audio) == 8000
   assert set(_losses(workdir)) == {1, 2, 3, 4}
   assert any(n.startswith("events") for n in os.listdir(os.path.join(workdir, "tensorboard")))
   with pytest.raises(FileExistsError, match="--resume"):

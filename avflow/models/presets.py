@@ -11,7 +11,7 @@ SCALES = ("toy", "small", "paper")
 def audio_config(scale: str) -> ml_collections.ConfigDict:
   """Sample rate and clip length of one training example."""
   return ml_collections.ConfigDict({
-      "toy": dict(sample_rate=16000, clip_seconds=2.0, frames_per_second=1),
+      "toy": dict(sample_rate=8000, clip_seconds=1.0, frames_per_second=1),
       "small": dict(sample_rate=22050, clip_seconds=5.0, frames_per_second=1),
       "paper": dict(sample_rate=44100, clip_seconds=10.0, frames_per_second=1),
   }[_check(scale)])
@@ -41,13 +41,15 @@ def model_config(scale: str) -> ml_collections.ConfigDict:
       time_embed_dim=256,
   )
   per_scale = {
+      # 4 layers: three frequency layers (128 → 32 → 8 → 1 bins, the last one merging the time branch) and one
+      # time layer that carries the DConv BLSTM and LocalState, as the paper model's layers 4–5 do.
       "toy": dict(
-          channels=8, depth=5, nfft=512,
+          channels=8, depth=4, nfft=256, norm_starts=3, dconv_lstm=3, dconv_attn=3,
           latent=dict(n_heads=4, d_head=16, depth=2, context_layers=1, context_heads=4,
                       context_ff=128, context_dim=64, context_attention="frames"),
       ),
       "small": dict(
-          channels=16, depth=6, nfft=2048,
+          channels=16, depth=6, nfft=1024,
           latent=dict(n_heads=8, d_head=32, depth=4, context_layers=2, context_heads=8,
                       context_ff=512, context_dim=768, context_attention="frames"),
       ),
