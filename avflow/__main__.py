@@ -9,8 +9,13 @@ COMMANDS = {
     "highlight": "rebalance a soundtrack with a trained model",
     "prepare": "turn real clips (Muddy Mix folders, or videos + stems) into training records",
     "ablate": "train and evaluate every row of a paper table; write docs/results/table<T>_<scale>.md",
+    "import": "turn a PyTorch VisAH checkpoint (or an `export --format=torch` file) into a run directory",
+    "export": "write a run's weights for PyTorch: the public VisAH layout, or the whole model as .safetensors",
     "report": "write <workdir>/report.html: clips, audio players, waveforms, spectrograms, metrics",
 }
+
+
+MODULES = {"import": "import_ckpt"}  # command → module in avflow/commands where they differ (`import` is a keyword)
 
 
 def usage() -> str:
@@ -30,7 +35,7 @@ def run(argv=None) -> None:
     print(f"avflow: unknown command {command!r}; expected one of: {', '.join(COMMANDS)}", file=sys.stderr)
     sys.exit(2)
   from absl import app
-  module = importlib.import_module(f"avflow.commands.{command}")
+  module = importlib.import_module(f"avflow.commands.{MODULES.get(command, command)}")
   app.run(module.main, argv=[f"avflow {command}"] + argv[2:], flags_parser=module.parse_flags)
 
 

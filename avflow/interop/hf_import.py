@@ -16,6 +16,8 @@ target tree itself (the "look up the randomly initialised Flax tree" rule):
 Derived buffers (`position_ids`, `relative_position_index`, `num_batches_tracked`) are not
 parameters and are skipped. Loading is all-or-nothing: every missing, unexpected and
 mis-shaped tensor is collected and reported in ONE `CheckpointMismatchError`.
+`export_state_dict` goes the other way; `load_state_dict` reads any `.safetensors` or torch
+checkpoint file (also used for VisAH by `avflow.interop.visah_torch`).
 """
 import re
 from typing import Any, Callable, Iterable, Mapping
@@ -36,22 +38,47 @@ class CheckpointMismatchError(ValueError):
   """The checkpoint and the Flax parameters disagree; the message lists every difference."""
 
 
-def load_state_dict(path: str) -> dict[str, np.ndarray]:
-  """A `.safetensors` or torch `.bin`/`.pt` state dict as float/int numpy arrays."""
-  if path.endswith(".safetensors"):
-    from safetensors.numpy import load_file
-    return dict(load_file(path))
+def load_state_dict(path: str, allow_pickle: bool = False) -> dict[str, np.ndarray]:
+  """A checkpoint's tensors as numpy arrays (keys as stored; bfloat16 is widened to float32).
+
+  `.safetensors`, or a torch file (`.bin`, `.pt`, `.pth`, `.ckpt`): a bare state dict or a Lightning
+  checkpoint (its `state_dict` is taken). Torch files are read with `weights_only=True` unless
+  `allow_pickle` (only for trusted files: a Lightning checkpoint whose hyper-parameters hold arbitrary
+  Python objects needs it).
+  """
   import torch
-  state = torch.load(path, map_location="cpu", weights_only=True)
-  return {k: _to_numpy(v) for k, v in state.items()}
+  if path.endswith(".safetensors"):
+    from safetensors.torch import load_file
+    return {k: to_numpy(v) for k, v in load_file(path).items()}
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+  except Exception as e:  # torch raises UnpicklingError (or RuntimeError) for non-weights
+    if allow_pickle:
+      raise
+    raise ValueError(f"{path} holds more than tensors and could not be read with "
+                     f"weights_only=True; if you trust the file, pass allow_pickle=True "
+                     f"({e})") from e
+  if isinstance(obj, Mapping) and "state_dict" in obj:
+    obj = obj["state_dict"]
+  if not isinstance(obj, Mapping):
+    raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict")
+  not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+  if not_tensors:
+    raise ValueError(f"{path}: entries that are not tensors: {not_tensors[:10]}")
+  return {k: to_numpy(v) for k, v in obj.items()}
 
 
-def _to_numpy(value: Any) -> np.ndarray:
-  """numpy view of a numpy array or a CPU torch tensor (bfloat16 is widened to float32)."""
+def to_numpy(value: Any) -> np.ndarray:
+  """numpy view of a numpy array or a torch tensor (bfloat16 is widened to float32)."""
   if hasattr(value, "detach"):
-    value = value.detach()
+    value = value.detach().cpu()
     return (value.float() if str(value.dtype) == "torch.bfloat16" else value).numpy()
   return np.asarray(value)
+
+
+def _kernel_axes(ndim: int) -> tuple[int, ...]:
+  """Axis order taking a PyTorch weight to its Flax kernel: Conv `(2, 3, 1, 0)`, else all reversed."""
+  return (2, 3, 1, 0) if ndim == 4 else tuple(reversed(range(ndim)))
 
 
 def _torch_key(path: tuple) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
@@ -60,7 +87,7 @@ def _torch_key(path: tuple) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
   leaf = names[-1]
   key = ".".join(modules + [_LEAF_NAMES.get(leaf, leaf)])
   if leaf == "kernel":
-    return key, lambda w: np.transpose(w, (2, 3, 1, 0)) if w.ndim == 4 else w.T
+    return key, lambda w: np.transpose(w, _kernel_axes(w.ndim))
   return key, lambda w: w
 
 
@@ -87,7 +114,7 @@ def import_state_dict(state_dict: Mapping[str, Any], params: Any, *, keep: Itera
   """
   expected = key_map(params, keep)
   skip = tuple(skip_prefixes)
-  state = {k: _to_numpy(v) for k, v in state_dict.items()
+  state = {k: to_numpy(v) for k, v in state_dict.items()
            if not (skip and k.startswith(skip)) and k.rsplit(".", 1)[-1] not in DERIVED_BUFFERS}
   leaves = {path: leaf for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
   missing = sorted(k for k in expected if k not in state)
@@ -109,6 +136,21 @@ def import_state_dict(state_dict: Mapping[str, Any], params: Any, *, keep: Itera
       lines.append(f"  {title} ({len(items)}):" + "".join(f"\n    {item}" for item in items))
     raise CheckpointMismatchError("\n".join(lines))
   return jax.tree_util.tree_map_with_path(lambda path, leaf: converted.get(path, leaf), params)
+
+
+def export_state_dict(params: Any) -> dict[str, np.ndarray]:
+  """The PyTorch state dict of Flax `params` (the inverse of `import_state_dict` without `keep`).
+
+  Fresh, C-ordered numpy arrays; derived buffers are not written.
+  """
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    key, _ = _torch_key(path)
+    value = np.asarray(leaf)
+    if path[-1].key == "kernel":
+      value = np.transpose(value, np.argsort(_kernel_axes(value.ndim)))
+    out[key] = np.array(value, order="C")
+  return out
 
 
 def import_clip(state_dict: Mapping[str, Any], params: Any) -> Any:

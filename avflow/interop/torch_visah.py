@@ -1,8 +1,9 @@
 """Self-contained PyTorch VisAH / VisAH-FM network in the public checkpoint layout.
 
-This file imports only torch, math and typing, so it can be copied next to a PyTorch
-project on its own. It rebuilds the network of the public VisAH code (`HDemucsRemixer` with
-its `AV_Transformer` bottleneck, built on demucs v3 layers) as that code behaves:
+This file imports only torch and the standard library (and safetensors in `load_export`), so
+it can be copied next to a PyTorch project on its own. It rebuilds the network of the public
+VisAH code (`HDemucsRemixer` with its `AV_Transformer` bottleneck, built on demucs v3 layers)
+as that code behaves:
 
 - frequency branch: STFT with `normalized=False` and the hybrid padding/cropping, the raw
   (un-normalized) magnitude in, an unbounded real mask out, the mixture phase reused;
@@ -26,7 +27,14 @@ VisAH-FM (`time_conditioning != "none"`) adds keys under `time_embed.` only: the
 becomes one extra context token of the latent transformer and, optionally, a bias in every
 encoder layer; `VisAHFMHighlighter` integrates the flow. The layout and numerics match
 `avflow.models.visah.VisAH`, whose parameters `avflow.interop.visah_torch` converts.
+
+`LightningVisAH` has the state layout of the public Lightning module (the 564-key `.ckpt`
+that `python -m avflow export --format=visah` writes loads into it with `strict=True`);
+`load_export` reads a `python -m avflow export --format=torch` file: the network with its
+time conditioning, the avflow config and the conditioner tensors, which have no PyTorch module
+here (the context tokens are the caller's).
 """
+import json
 import math
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -37,6 +45,7 @@ from torch import nn
 CONTEXT_ATTENTION_MODES = ("frames", "legacy_batch_axis")
 TIME_CONDITIONING_MODES = ("none", "latent_token", "latent_token+encoder")
 LOSS_WINDOW_SIZES = (2048, 1024, 512)  # the `mr_stft_loss` resolutions of the training code
+EXPORT_CONFIG_KEY = "avflow_config"  # safetensors metadata of an `avflow export --format=torch` file
 _PE_MAX_LEN = 5000
 
 
@@ -824,3 +833,49 @@ def load_lightning_state_dict(model: HDemucsRemixer,
   sd = {k[len("model."):] if k.startswith("model.") else k: v for k, v in state_dict.items()
         if not k.startswith("mr_stft_loss.")}
   model.load_state_dict(sd, strict=True)
+
+
+class _LossWindow(nn.Module):
+  """One resolution of the public `MultiResolutionSTFTLoss`: its periodic Hann `window` buffer."""
+
+  def __init__(self, n_fft: int):
+    super().__init__()
+    self.register_buffer("window", torch.hann_window(n_fft))
+
+
+class LightningVisAH(nn.Module):
+  """The state layout of the public Lightning `VisAH` module: `model` (the network) and
+  `mr_stft_loss.stft_losses.{0,1,2}.window`, so its checkpoint loads with `strict=True`."""
+
+  def __init__(self, cfg: Mapping[str, Any]):
+    super().__init__()
+    self.model = build_visah(cfg)
+    self.mr_stft_loss = nn.Module()
+    self.mr_stft_loss.stft_losses = nn.ModuleList([_LossWindow(n) for n in LOSS_WINDOW_SIZES])
+
+  def forward(self, mix: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    return self.model(mix, context)
+
+
+def load_export(path: str) -> Tuple[HDemucsRemixer, Dict[str, Any], Dict[str, torch.Tensor]]:
+  """Reads an `avflow export --format=torch` `.safetensors` file.
+
+  Returns `(network, config, conditioner)`: the network built from `config["model"]` with
+  the `model.` tensors loaded strictly (eval mode), the avflow config as a dict, and the other
+  tensors by key (`frame_encoder.`, `clip.`, `clap.`). The VisAH-FM highlighter is
+  `VisAHFMHighlighter(network, config["inference"]["num_steps"], config["model"]["warm_start"])`.
+  """
+  from safetensors import safe_open
+  with safe_open(path, framework="pt") as f:
+    metadata = f.metadata() or {}
+    if EXPORT_CONFIG_KEY not in metadata:
+      raise ValueError(f"{path} has no {EXPORT_CONFIG_KEY!r} metadata: not written by "
+                       f"`avflow export --format=torch`")
+    tensors = {k: f.get_tensor(k) for k in f.keys()}
+  config = json.loads(metadata[EXPORT_CONFIG_KEY])
+  with torch.device("meta"):  # no random init: every tensor comes from the file
+    model = build_visah(config["model"])
+  model.load_state_dict({k[len("model."):]: v for k, v in tensors.items()
+                         if k.startswith("model.")}, strict=True, assign=True)
+  conditioner = {k: v for k, v in tensors.items() if not k.startswith("model.")}
+  return model.eval(), config, conditioner

@@ -29,13 +29,20 @@ axes reordered as above. The PyTorch side also holds two persistent buffers with
 parameter, `latent_transformer.pe.pe` (unused) and `latent_transformer.pe_context.pe`, the
 sinusoidal tables of 5000 rows; they are written on export and checked on import.
 
-Files: `load_state_dict` reads a Lightning `.ckpt` (its `state_dict`), a bare state dict
-`.pt`/`.pth`/`.ckpt` or a `.safetensors`; `save_checkpoint` writes the Lightning layout
-(`model.` prefix plus the `mr_stft_loss` windows, 564 keys for the paper VisAH), which the
-public code loads with `strict=True`.
+Files: `load_state_dict` (from `hf_import`) reads a Lightning `.ckpt` (its `state_dict`), a
+bare state dict `.pt`/`.pth`/`.ckpt` or a `.safetensors`; `save_checkpoint` writes the
+Lightning layout (`model.` prefix plus the `mr_stft_loss` windows, 564 keys for the paper
+VisAH), which the public code loads with `strict=True`.
+
+The whole `Highlighter` (`avflow export --format=torch`): `highlighter_to_torch` gives
+`model.` + the network keys above (time conditioning included) and each conditioner subtree
+under its Flax name (`frame_encoder.`, `clip.`, `clap.`) with `hf_import`'s transformers
+names; `save_torch_export` writes it as one `.safetensors` with the avflow config as JSON in
+its metadata (`torch_visah.EXPORT_CONFIG_KEY`), which `torch_visah.load_export` reads.
 """
+import json
 import re
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -44,10 +51,9 @@ import numpy as np
 import torch
 from flax import traverse_util
 
-from avflow.interop import torch_visah
-from avflow.interop.hf_import import CheckpointMismatchError
+from avflow.interop import hf_import, torch_visah
+from avflow.interop.hf_import import CheckpointMismatchError, load_state_dict, to_numpy
 from avflow.models.visah import VisAH
-from avflow.nn.embeddings import sinusoidal_positions
 
 LIGHTNING_PREFIX = "model."
 LOSS_PREFIX = "mr_stft_loss."
@@ -142,10 +148,11 @@ def key_map(flat: Mapping[Path, Any]) -> Dict[str, Tuple[Path, Tuple[int, ...]]]
 
 
 def _pe_buffers(cfg: ml_collections.ConfigDict) -> Dict[str, np.ndarray]:
-  """The two persistent `PositionalEncoding` tables of the latent transformer."""
+  """The two persistent `PositionalEncoding` tables of the latent transformer, as PyTorch
+  computes them (so that an exported file holds exactly the public code's buffers)."""
   inner = cfg.latent.n_heads * cfg.latent.d_head
   bottleneck = torch_visah.layer_plan(cfg)[-1]["chout"]
-  return {f"latent_transformer.{name}.pe": np.array(sinusoidal_positions(PE_ROWS, d))[None]
+  return {f"latent_transformer.{name}.pe": torch_visah.PositionalEncoding(d, PE_ROWS).pe.numpy()
           for name, d in (("pe", bottleneck), ("pe_context", inner))}
 
 
@@ -209,7 +216,7 @@ def torch_to_flax(state_dict: Mapping[str, Any], cfg: ml_collections.ConfigDict)
   float32.
   """
   cfg = ml_collections.ConfigDict(cfg)
-  sd = {k: _to_numpy(v) for k, v in strip_lightning_prefix(state_dict).items()}
+  sd = {k: to_numpy(v) for k, v in strip_lightning_prefix(state_dict).items()}
   keys = key_map(_abstract_params(cfg))
   expected = {k: shape for k, (_, shape) in keys.items()}
   buffers = _pe_buffers(cfg)
@@ -239,44 +246,6 @@ def _mismatch_report(missing: List[str], unexpected: List[str], misshaped: List[
   return "\n".join(lines)
 
 
-def _to_numpy(value: Any) -> np.ndarray:
-  if isinstance(value, torch.Tensor):
-    value = value.detach().cpu()
-    if value.dtype == torch.bfloat16:
-      value = value.float()
-    return value.numpy()
-  return np.asarray(value)
-
-
-def load_state_dict(path: str, allow_pickle: bool = False) -> Dict[str, np.ndarray]:
-  """Reads a VisAH checkpoint as numpy arrays (keys as stored).
-
-  `.safetensors`, or a torch file (`.ckpt`, `.pt`, `.pth`): a Lightning checkpoint (its
-  `state_dict` is taken) or a bare state dict. Torch files are read with
-  `weights_only=True` unless `allow_pickle` (only for trusted files: a Lightning checkpoint
-  whose hyper-parameters hold arbitrary Python objects needs it).
-  """
-  if path.endswith(".safetensors"):
-    from safetensors.torch import load_file
-    return {k: _to_numpy(v) for k, v in load_file(path).items()}
-  try:
-    obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
-  except Exception as e:  # torch raises UnpicklingError (or RuntimeError) for non-weights
-    if allow_pickle:
-      raise
-    raise ValueError(f"{path} holds more than tensors and could not be read with "
-                     f"weights_only=True; if you trust the file, pass allow_pickle=True "
-                     f"({e})") from e
-  if isinstance(obj, Mapping) and "state_dict" in obj:
-    obj = obj["state_dict"]
-  if not isinstance(obj, Mapping):
-    raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict")
-  not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-  if not_tensors:
-    raise ValueError(f"{path}: entries that are not tensors: {not_tensors[:10]}")
-  return {k: _to_numpy(v) for k, v in obj.items()}
-
-
 def load_params(path: str, cfg: ml_collections.ConfigDict,
                 allow_pickle: bool = False) -> Dict[str, Any]:
   """`VisAH(cfg)` parameters from a public-layout checkpoint file (see `load_state_dict`)."""
@@ -301,3 +270,77 @@ def save_checkpoint(path: str, params: Mapping[str, Any], cfg: ml_collections.Co
   else:
     raise ValueError(f"unknown checkpoint extension in {path!r}: use .ckpt, .pt, .pth or "
                      f".safetensors")
+
+
+def highlighter_to_torch(params: Mapping[str, Any],
+                         model_cfg: ml_collections.ConfigDict) -> Dict[str, np.ndarray]:
+  """`Highlighter(model_cfg)` parameters -> the `--format=torch` state dict (numpy).
+
+  `model.` + `flax_to_torch(params["visah"])`; every other top-level subtree (the conditioner)
+  under `<name>.` with `hf_import.export_state_dict` names.
+  """
+  params = _unwrap(params)
+  out = {LIGHTNING_PREFIX + k: v for k, v in flax_to_torch(params["visah"], model_cfg).items()}
+  for name, tree in params.items():
+    if name != "visah":
+      out.update({f"{name}.{k}": v for k, v in hf_import.export_state_dict(tree).items()})
+  return out
+
+
+def highlighter_from_torch(state_dict: Mapping[str, Any], model_cfg: ml_collections.ConfigDict,
+                           template: Mapping[str, Any]) -> Dict[str, Any]:
+  """The inverse of `highlighter_to_torch`; `template` is the (abstract) `Highlighter` tree.
+
+  Strict: one `CheckpointMismatchError` lists the problems of every part. A conditioner with no
+  tensors at all is left out (as in a run imported from the public layout).
+  """
+  prefixes = {"model" if name == "visah" else name: name for name in template}
+  groups: Dict[str, Dict[str, Any]] = {name: {} for name in template}
+  unknown = []
+  for key, value in state_dict.items():
+    head, _, rest = key.partition(".")
+    if head in prefixes and rest:
+      groups[prefixes[head]][rest] = value
+    else:
+      unknown.append(key)
+  params, errors = {}, []
+  if unknown:
+    errors.append(f"{len(unknown)} unexpected keys outside {sorted(p + '.' for p in prefixes)}:\n"
+                  + "\n".join(f"    {k}" for k in unknown))
+  for name, group in groups.items():
+    if name != "visah" and not group:
+      continue
+    try:
+      if name == "visah":
+        params[name] = torch_to_flax(group, model_cfg)
+      else:
+        params[name] = hf_import.import_state_dict(group, template[name])
+    except CheckpointMismatchError as e:
+      errors.append(f"{name}: {e}")
+  if errors:
+    raise CheckpointMismatchError("\n".join(errors))
+  return params
+
+
+def save_torch_export(path: str, params: Mapping[str, Any],
+                      config: ml_collections.ConfigDict) -> Dict[str, np.ndarray]:
+  """Writes `highlighter_to_torch` as `.safetensors`, the config JSON in its metadata; returns it."""
+  if not path.endswith(".safetensors"):
+    raise ValueError(f"--format=torch writes a .safetensors file, got {path!r}")
+  from safetensors.numpy import save_file
+  state = highlighter_to_torch(params, config.model)
+  save_file(state, path, metadata={"format": "pt",
+                                   torch_visah.EXPORT_CONFIG_KEY: config.to_json_best_effort()})
+  return state
+
+
+def read_export_config(path: str) -> Optional[ml_collections.ConfigDict]:
+  """The avflow config stored in a `save_torch_export` file; None for any other file."""
+  if not path.endswith(".safetensors"):
+    return None
+  from safetensors import safe_open
+  with safe_open(path, framework="np") as f:
+    metadata = f.metadata() or {}
+  if torch_visah.EXPORT_CONFIG_KEY not in metadata:
+    return None
+  return ml_collections.ConfigDict(json.loads(metadata[torch_visah.EXPORT_CONFIG_KEY]))
