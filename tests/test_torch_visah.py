@@ -9,14 +9,13 @@ import torch
 from avflow.interop import torch_visah as tv
 from avflow.models import presets
 
-SHAPES_JSON = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference",
-                           "visah_state_dict_shapes.json")
+SHAPES_JSON = os.path.join(os.path.dirname(__file__), "data", "visah_state_dict_shapes.json")
 PAPER_PARAMS = 59_956_090  # the public VContextEnc3 checkpoint
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-  """These small forwards are much faster single-threaded on a shared 2-core machine."""
+  """These small forwards are much faster single-threaded on a busy 2-core machine."""
   threads = torch.get_num_threads()
   torch.set_num_threads(1)
   yield
@@ -162,7 +161,7 @@ def test_invalid_hybrid_geometry_is_a_clear_error():
   with pytest.raises(ValueError, match="does not fit the time branch"):
     tv.build_visah(dict(_cfg("toy"), nfft=1000))
   with pytest.raises(ValueError, match="never merge"):
-    tv.build_visah(dict(_cfg("toy"), depth=3))
+    tv.build_visah(dict(_cfg("toy"), depth=2))
   with pytest.raises(ValueError, match="context_attention"):
     tv.build_visah(_cfg("toy", context_attention="batch"))
 

@@ -23,14 +23,13 @@ from avflow.models.visah import VisAH
 from avflow.nn import demucs_layers as dl
 from avflow.nn import stft as jstft
 
-SHAPES_JSON = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "reference",
-                           "visah_state_dict_shapes.json")
+SHAPES_JSON = os.path.join(os.path.dirname(__file__), "data", "visah_state_dict_shapes.json")
 REL_TOL = 1e-4
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
-  """The PyTorch forwards are much faster single-threaded on a shared 2-core machine."""
+  """The PyTorch forwards are much faster single-threaded on a busy 2-core machine."""
   threads = torch.get_num_threads()
   torch.set_num_threads(1)
   yield
@@ -248,7 +247,7 @@ def test_stft_matches_torch():
 
 
 @pytest.mark.parametrize("kernel, stride", [((8,), (4,)), ((4,), (2,)), ((8, 1), (4, 1)),
-                                            ((3, 2), (2, 1))])
+                                            ((4, 1), (2, 1))])
 def test_conv_transpose_matches_torch(kernel, stride):
   klass = torch.nn.ConvTranspose1d if len(kernel) == 1 else torch.nn.ConvTranspose2d
   x = torch.randn(2, 6, *([9, 5][:len(kernel)]))
