@@ -11,6 +11,7 @@ COMMANDS = {
     "ablate": "train and evaluate every row of a paper table; write docs/results/table<T>_<scale>.md",
     "import": "turn a PyTorch VisAH checkpoint (or an `export --format=torch` file) into a run directory",
     "export": "write a run's weights for PyTorch: the public VisAH layout, or the whole model as .safetensors",
+    "bench": "time and memory of train steps (FM vs rollout, remat policies), inference and the data pipeline",
     "report": "write <workdir>/report.html: clips, audio players, waveforms, spectrograms, metrics",
 }
 

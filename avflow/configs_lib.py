@@ -12,7 +12,7 @@ from avflow.models import presets
 
 # Per scale: (total_steps, batch_size, eval_every, checkpoint_every, log_every, learning_rate).
 _SCHEDULE = {
-    "toy": (1500, 8, 500, 500, 25, 1e-3),
+    "toy": (1500, 8, 500, 500, 25, 2e-3),
     "small": (20000, 16, 2000, 2000, 50, 1e-4),
     "paper": (23500, 32, 2500, 2500, 100, 1e-4),  # Sec. 3.1: 50 epochs ≈ 23,500 iterations, batch 32.
 }
@@ -31,6 +31,7 @@ def base_config(scale: str, task: str) -> ml_collections.ConfigDict:
   c.log_every = log_every
   c.nonfinite = "halt"  # or "skip": what a NaN/Inf loss or gradient does.
   c.init_from = ""  # a run directory (e.g. an imported VisAH checkpoint) whose parameters start this run.
+  c.precision = "fp32"  # or "bf16": bfloat16 matmuls/convolutions, float32 parameters and optimizer state.
 
   c.data = ml_collections.ConfigDict(dict(
       source="toy_movies" if scale == "toy" else "records",
@@ -69,5 +70,6 @@ def base_config(scale: str, task: str) -> ml_collections.ConfigDict:
       b1=0.9, b2=0.999, eps=1e-8, clip_norm=0.0))
   c.inference = ml_collections.ConfigDict(dict(num_steps=4, method="euler"))
   c.eval = ml_collections.ConfigDict(dict(batch_size=8, num_samples=4))
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+  # FSDP: `(regex, "fsdp")` rules over state paths shard tensors of ≥ fsdp_min_size elements (`train/sharding.py`).
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, rules=((".*", "fsdp"),), fsdp_min_size=2 ** 14))
   return c

@@ -16,7 +16,7 @@ import tqdm
 
 from avflow.data.pipeline import device_batch, make_dataset, make_source
 from avflow.models.highlighter import Highlighter
-from avflow.train import checkpoint, sharding
+from avflow.train import checkpoint, distributed, sharding
 from avflow.train.evaluate import evaluate
 from avflow.train.state import TrainState, create_train_state, make_optimizer
 from avflow.train.step import make_predict_fn, make_train_step
@@ -57,6 +57,7 @@ def merge_params(fresh, loaded, prefix=""):
 
 def train(config, workdir: str, resume: bool = False) -> TrainState:
   """Trains `config` in `workdir`; returns the final state."""
+  distributed.initialize()
   os.makedirs(workdir, exist_ok=True)
   ckpt = checkpoint.Checkpointer(workdir)
   if ckpt.latest_step() is not None and not resume:

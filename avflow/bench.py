@@ -1,0 +1,191 @@
+"""Speed and memory figures of a config: train steps (FM only vs FM + rollout), inference, the input pipeline.
+
+Every compiled step is measured the same way: compile time; the median wall time of `repeats` calls after one
+warm-up call (variants compared in a ratio are timed interleaved, in one process, so drift in machine load hits
+both alike); peak memory from the compiled executable, `argument + output + temp − alias` bytes (donated state
+counted once); FLOPs from XLA's cost analysis of the compiled step, so they include remat recomputation. The model
+FLOPs behind MFU are those of the step without remat (policy "none"), as MaxText counts them.
+"""
+import copy
+import os
+import statistics
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from avflow.flow.objectives import REMAT_POLICIES
+from avflow.models.highlighter import Highlighter
+from avflow.train.state import abstract_batch, create_train_state, make_optimizer
+from avflow.train.step import make_predict_fn, make_train_step
+
+
+def random_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """A batch with the config's shapes: quiet noise for audio, random frames and features."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  for name, spec in abstract_batch(config, batch_size).items():
+    if spec.dtype == jnp.uint8:
+      out[name] = rng.integers(0, 256, spec.shape, dtype=np.uint8)
+    else:
+      out[name] = (0.1 * rng.standard_normal(spec.shape)).astype(np.float32)
+  return out
+
+
+def memory_bytes(compiled) -> dict[str, int]:
+  m = compiled.memory_analysis()
+  peak = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+  return {"peak_bytes": int(peak), "temp_bytes": int(m.temp_size_in_bytes),
+          "argument_bytes": int(m.argument_size_in_bytes)}
+
+
+def xla_flops(compiled_or_lowered) -> float:
+  cost = compiled_or_lowered.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", 0.0))
+
+
+class Step:
+  """A compiled train step of one config with its own state, callable repeatedly (the state is donated)."""
+
+  def __init__(self, config, batch: dict):
+    model, tx = Highlighter(config.model), make_optimizer(config)
+    self.state = create_train_state(model, config, batch, tx)
+    self.batch = jax.device_put(batch)
+    self.rng = jax.random.PRNGKey(0)
+    start = time.perf_counter()
+    self.compiled = jax.jit(make_train_step(model, config, tx), donate_argnums=(0,)).lower(
+        self.state, self.batch, self.rng).compile()
+    self.compile_s = time.perf_counter() - start
+    self.flops = xla_flops(self.compiled)
+    self.memory = memory_bytes(self.compiled)
+
+  def __call__(self) -> float:
+    start = time.perf_counter()
+    self.state, metrics = self.compiled(self.state, self.batch, self.rng)
+    jax.block_until_ready(metrics["loss"])
+    return time.perf_counter() - start
+
+
+def model_flops(config, batch: dict) -> float:
+  """FLOPs of one train step without remat recomputation (lowered, not compiled)."""
+  config = copy.deepcopy(config)
+  config.objective.remat_policy = "none"
+  model, tx = Highlighter(config.model), make_optimizer(config)
+  state = jax.eval_shape(lambda b: create_train_state(model, config, b, tx), batch)
+  lowered = jax.jit(make_train_step(model, config, tx)).lower(state, batch, jax.random.PRNGKey(0))
+  return xla_flops(lowered)
+
+
+def time_interleaved(fns: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
+  """Median seconds per call of each function, after one warm-up call each, calls interleaved round-robin."""
+  for fn in fns.values():
+    fn()
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      times[name].append(fn())
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _figures(step: Step, seconds: float, flops_model: float, peak_flops: float) -> dict:
+  out = {"step_s": seconds, "compile_s": step.compile_s, "xla_flops": step.flops, "model_flops": flops_model,
+         "achieved_flops_per_s": flops_model / seconds, **step.memory}
+  if peak_flops:
+    out["mfu"] = flops_model / seconds / peak_flops
+  return out
+
+
+def fm_and_rollout_configs(config, horizon: int = 4):
+  """(FM only, FM + rollout over `horizon` Euler steps of a `horizon`-step grid) variants of `config`."""
+  fm, rollout = copy.deepcopy(config), copy.deepcopy(config)
+  fm.objective.update(rollout_weight=0.0, consistency_weight=0.0)
+  weight = config.objective.rollout_weight or 0.3
+  rollout.objective.update(rollout_weight=weight, consistency_weight=0.0, num_steps=horizon, horizon=horizon)
+  return fm, rollout
+
+
+def bench_step(config, batch_size: int = 1, repeats: int = 3, peak_flops: float = 0.0) -> dict:
+  """The config's own train step."""
+  batch = random_batch(config, batch_size)
+  step = Step(config, batch)
+  seconds = time_interleaved({"step": step}, repeats)["step"]
+  return {"batch_size": batch_size, "precision": config.get("precision", "fp32"),
+          "remat_policy": config.objective.remat_policy,
+          **_figures(step, seconds, model_flops(config, batch), peak_flops)}
+
+
+def bench_rollout(config, batch_size: int = 1, repeats: int = 3, peak_flops: float = 0.0,
+                  policies=REMAT_POLICIES) -> dict:
+  """FM-only vs FM + rollout (T = 4) train steps: time and memory ratios; memory and time per remat policy."""
+  batch = random_batch(config, batch_size)
+  fm_config, rollout_config = fm_and_rollout_configs(config)
+  steps = {"fm": Step(fm_config, batch)}
+  for policy in policies:
+    variant = copy.deepcopy(rollout_config)
+    variant.objective.remat_policy = policy
+    steps[f"rollout_{policy}"] = Step(variant, batch)
+  seconds = time_interleaved(steps, repeats)
+  flops = {"fm": model_flops(fm_config, batch), "rollout": model_flops(rollout_config, batch)}
+  per_step = {name: _figures(step, seconds[name], flops["fm" if name == "fm" else "rollout"], peak_flops)
+              for name, step in steps.items()}
+  policy = config.objective.remat_policy if config.objective.remat_policy in policies else policies[0]
+  fm, rollout = per_step["fm"], per_step[f"rollout_{policy}"]
+  return {
+      "batch_size": batch_size, "horizon": rollout_config.objective.horizon, "remat_policy": policy,
+      "fm_step_s": fm["step_s"], "rollout_step_s": rollout["step_s"], "time_ratio": rollout["step_s"] / fm["step_s"],
+      "fm_peak_bytes": fm["peak_bytes"], "rollout_peak_bytes": rollout["peak_bytes"],
+      "memory_ratio": rollout["peak_bytes"] / fm["peak_bytes"], "steps": per_step,
+  }
+
+
+def bench_infer(config, repeats: int = 3, num_steps: int = 4) -> dict:
+  """Seconds to highlight one clip with `num_steps` Euler steps (batch 1) and the real-time factor."""
+  config = copy.deepcopy(config)
+  config.inference.num_steps = num_steps
+  model = Highlighter(config.model)
+  batch = random_batch(config, 1)
+  params = create_train_state(model, config, batch, make_optimizer(config)).params
+  start = time.perf_counter()
+  compiled = jax.jit(make_predict_fn(model, config)).lower(params, batch).compile()
+  compile_s = time.perf_counter() - start
+
+  def call():
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(params, batch)[0])
+    return time.perf_counter() - start
+
+  seconds = time_interleaved({"infer": call}, repeats)["infer"]
+  clip_s = float(config.data.clip_seconds)
+  return {"num_steps": num_steps, "clip_s": clip_s, "infer_s": seconds, "real_time_factor": seconds / clip_s,
+          "compile_s": compile_s, "xla_flops": xla_flops(compiled), **memory_bytes(compiled)}
+
+
+def bench_data(data_cfg, batch_size: int, workers=(0, 1, 2), num_batches: int = 8, seed: int = 0) -> dict:
+  """Examples/s of the Grain training pipeline over the toy source, per worker count (after the first batch)."""
+  from avflow.data.pipeline import make_dataset, make_source
+  out = {}
+  for count in workers:
+    cfg = copy.deepcopy(data_cfg)
+    cfg.worker_count = count
+    cfg.num_train_clips = max(cfg.num_train_clips, batch_size * (num_batches + 1))
+    start = time.perf_counter()
+    it = iter(make_dataset(make_source(cfg, "train"), cfg, batch_size=batch_size, seed=seed, train=True))
+    next(it)
+    first = time.perf_counter()
+    for _ in range(num_batches):
+      next(it)
+    end = time.perf_counter()
+    it.close()
+    out[f"workers_{count}"] = {"first_batch_s": first - start,
+                               "examples_per_s": batch_size * num_batches / (end - first)}
+  return out
+
+
+def machine() -> dict:
+  """Where the figures were taken: backend, device, CPU count and load."""
+  device = jax.devices()[0]
+  return {"backend": jax.default_backend(), "device": device.device_kind, "device_count": jax.device_count(),
+          "cpu_count": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]}

@@ -1,0 +1,144 @@
+"""FSDP rules and mesh invariance: one train step on 8 simulated CPU devices equals the single-device step.
+
+The 8-device part runs this file as a script in a subprocess (XLA_FLAGS must be set before JAX starts, and other
+test modules in the same worker have started it already).
+"""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AbstractMesh, PartitionSpec as P
+
+from avflow.train import sharding
+
+# Multi-device / multi-process runs in subprocesses: minutes on 2 cores, kept out of the default run
+# until they are faster (run them with `pytest -m slow`).
+pytestmark = pytest.mark.slow
+
+MESHES = ((8, 1), (4, 2), (2, 4), (1, 8))
+# A micro model (2 U-Net levels, no BLSTM/attention, FM only) so that five compiles fit in a test.
+MICRO = {
+    "batch_size": 8, "total_steps": 2, "log_every": 1, "eval_every": 100, "checkpoint_every": 2,
+    "data.clip_seconds": 0.25, "data.num_train_clips": 16, "data.num_eval_clips": 2, "data.image_size": 16,
+    "eval.batch_size": 2, "eval.num_samples": 1, "model.channels": 4, "model.nfft": 64, "model.depth": 2,
+    "model.dconv_lstm": 99, "model.dconv_attn": 99, "model.latent.depth": 1, "model.latent.context_dim": 16,
+    "model.time_embed_dim": 16, "objective.rollout_weight": 0.0, "objective.num_steps": 2, "objective.horizon": 2,
+    "inference.num_steps": 2, "optimizer.warmup_steps": 0, "mesh.fsdp_min_size": 64,
+}
+
+
+def micro_config(**overrides):
+  """configs/visah_fm.py:toy with MICRO (and `overrides`, dotted keys) applied."""
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
+  import visah_fm
+  config = visah_fm.get_config("toy")
+  for key, value in {**MICRO, **overrides}.items():
+    *parents, leaf = key.split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def test_fsdp_rule_shards_the_largest_divisible_dimension():
+  tree = {"params": {"conv": {"kernel": np.zeros((8, 6, 64)), "bias": np.zeros((64,))},
+                     "odd": np.zeros((7, 9, 5)), "emb": np.zeros((24, 16))}}
+  specs = sharding.partition_specs(tree, AbstractMesh((2, 4), sharding.AXES), min_size=100)
+  assert specs["params"]["conv"]["kernel"] == P(None, None, "fsdp")
+  assert specs["params"]["conv"]["bias"] == P()  # below min_size
+  assert specs["params"]["odd"] == P()  # no dimension divisible by 4
+  assert specs["params"]["emb"] == P("fsdp", None)
+  # Without an fsdp axis everything is replicated.
+  specs = sharding.partition_specs(tree, AbstractMesh((8, 1), sharding.AXES), min_size=100)
+  assert all(s == P() for s in jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P)))
+
+
+def test_rules_match_state_paths_first_match_wins():
+  from avflow.train.state import TrainState
+  state = TrainState(step=jnp.zeros((), jnp.int32), rng=jnp.zeros((2,), jnp.uint32),
+                     params={"clip": {"vision_model": {"kernel": np.zeros((32, 32))}}, "visah": {"w": np.zeros((32, 32))}},
+                     opt_state=({"mu": {"visah": {"w": np.zeros((32, 32))}}},))
+  rules = ((r"^params/clip/", (None, "data")), (r"^opt_state/", "fsdp"), (r"^params/", "fsdp"))
+  specs = sharding.partition_specs(state, AbstractMesh((2, 4), sharding.AXES), rules, min_size=16)
+  assert specs.params["clip"]["vision_model"]["kernel"] == P(None, "data")
+  assert specs.params["visah"]["w"] == P("fsdp", None)
+  assert specs.opt_state[0]["mu"]["visah"]["w"] == P("fsdp", None)
+  assert specs.step == P() and specs.rng == P()
+
+
+def test_default_config_shards_every_large_tensor_including_frozen_encoders():
+  from avflow.models.highlighter import Highlighter
+  from avflow.train.state import abstract_params
+  config = micro_config(**{"mesh.fsdp_min_size": 1024})
+  config.model.conditioning.kind = "clip"
+  config.model.latent.context_dim = 24  # the tiny CLIP's projection
+  params = abstract_params(Highlighter(config.model), config)
+  specs = sharding.partition_specs({"params": params}, AbstractMesh((1, 8), sharding.AXES), config.mesh.rules,
+                                   config.mesh.fsdp_min_size)
+  for leaf, spec in zip(jax.tree.leaves(params), jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))):
+    big = int(np.prod(leaf.shape)) >= config.mesh.fsdp_min_size and any(d % 8 == 0 for d in leaf.shape)
+    assert (spec != P()) == big, (leaf.shape, spec)
+  assert any(s != P() for s in jax.tree.leaves(specs["params"]["clip"], is_leaf=lambda x: isinstance(x, P)))
+
+
+def _mesh_check() -> dict:
+  """Runs one train step on one device and on each mesh of MESHES; returns the largest differences."""
+  from avflow.data.pipeline import device_batch, make_dataset, make_source
+  from avflow.models.highlighter import Highlighter
+  from avflow.train.state import create_train_state, make_optimizer
+  from avflow.train.step import make_train_step
+
+  config = micro_config()
+  model, tx = Highlighter(config.model), make_optimizer(config)
+  batch = device_batch(next(iter(make_dataset(make_source(config.data, "train"), config.data,
+                                              batch_size=config.batch_size, seed=config.seed, train=True))))
+  step_fn = make_train_step(model, config, tx)
+  rng = jax.random.PRNGKey(7)
+
+  def run(mesh_shape, devices):
+    config.mesh.data, config.mesh.fsdp = mesh_shape
+    mesh = sharding.make_mesh(config.mesh, devices)
+    state = create_train_state(model, config, batch, tx)
+    state_sharding = sharding.state_sharding(state, mesh, config.mesh)
+    data_sharding = sharding.batch_sharding(mesh)
+    replicated = jax.sharding.NamedSharding(mesh, P())
+    step = jax.jit(step_fn, donate_argnums=(0,), in_shardings=(state_sharding, data_sharding, replicated),
+                   out_shardings=(state_sharding, replicated))
+    state, metrics = step(jax.device_put(state, state_sharding), sharding.global_batch(batch, data_sharding), rng)
+    params = state.params
+    device0 = sum(s.data.nbytes for x in jax.tree.leaves(params) for s in x.addressable_shards
+                  if s.device == mesh.devices.flat[0])
+    return float(metrics["loss"]), jax.device_get(params), device0
+
+  loss1, params1, bytes1 = run((1, 1), jax.devices()[:1])
+  out = {"devices": jax.device_count(), "loss": loss1, "param_bytes": bytes1}
+  for shape in MESHES:
+    loss, params, device0 = run(shape, jax.devices())
+    diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), params, params1))
+    out[f"{shape[0]}x{shape[1]}"] = {"loss_diff": abs(loss - loss1), "param_diff": max(diffs),
+                                     "device0_param_bytes": device0}
+  return out
+
+
+def test_one_step_is_the_same_on_every_mesh():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  done = subprocess.run([sys.executable, os.path.abspath(__file__)], capture_output=True, text=True, env=env,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=1800)
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads(done.stdout.strip().splitlines()[-1])
+  assert result["devices"] == 8 and np.isfinite(result["loss"])
+  for data, fsdp in MESHES:
+    r = result[f"{data}x{fsdp}"]
+    assert r["loss_diff"] <= 1e-5 and r["param_diff"] <= 1e-5, (data, fsdp, r)
+    if fsdp == 8:  # FSDP stores about an eighth of the (mostly large) parameters per device.
+      assert r["device0_param_bytes"] < 0.3 * result["param_bytes"], r
+
+
+if __name__ == "__main__":
+  print(json.dumps(_mesh_check()))
