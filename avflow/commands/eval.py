@@ -24,6 +24,7 @@ def main(argv):
   if f.num_steps:
     config.inference.num_steps = f.num_steps
   params = checkpoint.load_params(f.workdir, f.step)
+  step = f.step if f.step is not None else checkpoint.Checkpointer(f.workdir).latest_step()
   predict = jax.jit(make_predict_fn(Highlighter(config.model), config))
-  report = evaluate(predict, params, make_source(config.data, "val"), config, f.workdir, f.step or -1)
+  report = evaluate(predict, params, make_source(config.data, "val"), config, f.workdir, step)
   print(json.dumps(report, indent=2))
