@@ -7,6 +7,7 @@ counted once); FLOPs from XLA's cost analysis of the compiled step, so they incl
 FLOPs behind MFU are those of the step without remat (policy "none"), as MaxText counts them.
 """
 import copy
+import math
 import os
 import statistics
 import time
@@ -15,6 +16,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend import core
 
 from avflow.flow.objectives import REMAT_POLICIES
 from avflow.models.highlighter import Highlighter
@@ -48,11 +50,15 @@ def xla_flops(compiled_or_lowered) -> float:
 
 
 class Step:
-  """A compiled train step of one config with its own state, callable repeatedly (the state is donated)."""
+  """A compiled train step of one config; with `allocate`, it holds a state and can be timed (the state is donated)."""
 
-  def __init__(self, config, batch: dict):
+  def __init__(self, config, batch: dict, allocate: bool = True):
     model, tx = Highlighter(config.model), make_optimizer(config)
-    self.state = create_train_state(model, config, batch, tx)
+
+    def init(b):
+      return create_train_state(model, config, b, tx)
+
+    self.state = init(batch) if allocate else jax.eval_shape(init, batch)
     self.batch = jax.device_put(batch)
     self.rng = jax.random.PRNGKey(0)
     start = time.perf_counter()
@@ -69,14 +75,36 @@ class Step:
     return time.perf_counter() - start
 
 
+def matmul_flops(jaxpr) -> float:
+  """2 × multiply-adds of every dot_general and conv_general_dilated; scan bodies count `length` times."""
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "dot_general":
+      (contract, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[d] for d in contract)
+    elif name == "conv_general_dilated":
+      rhs, rhs_spec = eqn.invars[1].aval.shape, eqn.params["dimension_numbers"].rhs_spec
+      total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(rhs[d] for d in rhs_spec[1:])
+    subs = [matmul_flops(sub) for sub in core.jaxprs_in_params(eqn.params)]
+    if name == "scan":
+      total += eqn.params["length"] * sum(subs)
+    elif name == "cond":
+      total += max(subs)
+    else:
+      total += sum(subs)
+  return total
+
+
 def model_flops(config, batch: dict) -> float:
-  """FLOPs of one train step without remat recomputation (lowered, not compiled)."""
+  """Matmul + convolution FLOPs of one train step (forward and backward) without remat recomputation."""
   config = copy.deepcopy(config)
   config.objective.remat_policy = "none"
   model, tx = Highlighter(config.model), make_optimizer(config)
   state = jax.eval_shape(lambda b: create_train_state(model, config, b, tx), batch)
-  lowered = jax.jit(make_train_step(model, config, tx)).lower(state, batch, jax.random.PRNGKey(0))
-  return xla_flops(lowered)
+  jaxpr = jax.make_jaxpr(make_train_step(model, config, tx))(state, batch, jax.random.PRNGKey(0))
+  return matmul_flops(jaxpr.jaxpr)
 
 
 def time_interleaved(fns: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
@@ -90,11 +118,12 @@ def time_interleaved(fns: dict[str, Callable[[], float]], repeats: int) -> dict[
   return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _figures(step: Step, seconds: float, flops_model: float, peak_flops: float) -> dict:
-  out = {"step_s": seconds, "compile_s": step.compile_s, "xla_flops": step.flops, "model_flops": flops_model,
-         "achieved_flops_per_s": flops_model / seconds, **step.memory}
-  if peak_flops:
-    out["mfu"] = flops_model / seconds / peak_flops
+def _figures(step: Step, seconds: float | None, flops_model: float, peak_flops: float) -> dict:
+  out = {"compile_s": step.compile_s, "xla_flops": step.flops, "model_flops": flops_model, **step.memory}
+  if seconds is not None:
+    out.update(step_s=seconds, achieved_flops_per_s=flops_model / seconds)
+    if peak_flops:
+      out["mfu"] = flops_model / seconds / peak_flops
   return out
 
 
@@ -118,20 +147,28 @@ def bench_step(config, batch_size: int = 1, repeats: int = 3, peak_flops: float 
 
 
 def bench_rollout(config, batch_size: int = 1, repeats: int = 3, peak_flops: float = 0.0,
-                  policies=REMAT_POLICIES) -> dict:
-  """FM-only vs FM + rollout (T = 4) train steps: time and memory ratios; memory and time per remat policy."""
+                  policies=REMAT_POLICIES, timed=None) -> dict:
+  """FM-only vs FM + rollout (T = 4) train steps: time and memory ratios; memory (and time) per remat policy.
+
+  The ratios use the config's remat policy (or the first of `policies`); `timed` (default: all) are the policies
+  whose steps are also run and timed, the others are only compiled for their memory.
+  """
+  timed = policies if timed is None else timed
+  policy = config.objective.remat_policy if config.objective.remat_policy in policies else policies[0]
+  if policy not in timed:
+    raise ValueError(f"the remat policy of the ratios, {policy!r}, must be timed")
   batch = random_batch(config, batch_size)
   fm_config, rollout_config = fm_and_rollout_configs(config)
   steps = {"fm": Step(fm_config, batch)}
-  for policy in policies:
+  for p in policies:
     variant = copy.deepcopy(rollout_config)
-    variant.objective.remat_policy = policy
-    steps[f"rollout_{policy}"] = Step(variant, batch)
-  seconds = time_interleaved(steps, repeats)
+    variant.objective.remat_policy = p
+    steps[f"rollout_{p}"] = Step(variant, batch, allocate=p in timed)
+  seconds = time_interleaved({k: v for k, v in steps.items() if k == "fm" or k[len("rollout_"):] in timed},
+                             repeats)
   flops = {"fm": model_flops(fm_config, batch), "rollout": model_flops(rollout_config, batch)}
-  per_step = {name: _figures(step, seconds[name], flops["fm" if name == "fm" else "rollout"], peak_flops)
+  per_step = {name: _figures(step, seconds.get(name), flops["fm" if name == "fm" else "rollout"], peak_flops)
               for name, step in steps.items()}
-  policy = config.objective.remat_policy if config.objective.remat_policy in policies else policies[0]
   fm, rollout = per_step["fm"], per_step[f"rollout_{policy}"]
   return {
       "batch_size": batch_size, "horizon": rollout_config.objective.horizon, "remat_policy": policy,
@@ -163,24 +200,31 @@ def bench_infer(config, repeats: int = 3, num_steps: int = 4) -> dict:
           "compile_s": compile_s, "xla_flops": xla_flops(compiled), **memory_bytes(compiled)}
 
 
-def bench_data(data_cfg, batch_size: int, workers=(0, 1, 2), num_batches: int = 8, seed: int = 0) -> dict:
-  """Examples/s of the Grain training pipeline over the toy source, per worker count (after the first batch)."""
+def bench_data(data_cfg, batch_size: int, workers=(0, 1, 2), warmup_examples: int = 600,
+               examples: int = 256, seed: int = 0) -> dict:
+  """Steady-state examples/s of the Grain training pipeline over the toy source, per worker count.
+
+  Grain's reader prefetches ahead (500 elements by default), so the first batches come from a warm buffer: the
+  rate is timed over `examples` after `warmup_examples` have been drawn; `first_batch_s` is the start-up time.
+  """
   from avflow.data.pipeline import make_dataset, make_source
   out = {}
   for count in workers:
     cfg = copy.deepcopy(data_cfg)
-    cfg.worker_count = count
-    cfg.num_train_clips = max(cfg.num_train_clips, batch_size * (num_batches + 1))
+    cfg.update(source="toy_movies", worker_count=count)
     start = time.perf_counter()
     it = iter(make_dataset(make_source(cfg, "train"), cfg, batch_size=batch_size, seed=seed, train=True))
     next(it)
-    first = time.perf_counter()
+    first = time.perf_counter() - start
+    for _ in range(-(-warmup_examples // batch_size)):
+      next(it)
+    num_batches = -(-examples // batch_size)
+    start = time.perf_counter()
     for _ in range(num_batches):
       next(it)
-    end = time.perf_counter()
+    seconds = time.perf_counter() - start
     it.close()
-    out[f"workers_{count}"] = {"first_batch_s": first - start,
-                               "examples_per_s": batch_size * num_batches / (end - first)}
+    out[f"workers_{count}"] = {"first_batch_s": first, "examples_per_s": batch_size * num_batches / seconds}
   return out
 
 

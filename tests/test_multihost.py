@@ -15,11 +15,7 @@ from avflow.models.highlighter import Highlighter
 from avflow.train import checkpoint, distributed
 from avflow.train.state import create_train_state, make_optimizer
 from avflow.train.step import make_train_step
-from test_sharding import MICRO, micro_config
-
-# Multi-device / multi-process runs in subprocesses: minutes on 2 cores, kept out of the default run
-# until they are faster (run them with `pytest -m slow`).
-pytestmark = pytest.mark.slow
+from test_sharding import FAST_COMPILE, MICRO, micro_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Global batch 4 (2 rows per process); parameters sharded across the two processes (FSDP over hosts).
@@ -38,6 +34,7 @@ def test_a_single_process_needs_no_initialization(monkeypatch):
   assert not distributed.initialize()
 
 
+@pytest.mark.slow  # minutes on 2 CPU cores: `pytest -m slow`
 def test_two_processes_train_like_one_process_on_the_same_global_batches(tmp_path):
   workdir = str(tmp_path / "run")
   flags = [f"--config.{k}={v}" for k, v in {**MICRO, **TWO_PROCESS}.items()]
@@ -45,8 +42,7 @@ def test_two_processes_train_like_one_process_on_the_same_global_batches(tmp_pat
   procs = []
   for i in range(2):
     env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
-               JAX_PROCESS_ID=str(i), JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+               JAX_PROCESS_ID=str(i), JAX_PLATFORMS="cpu", XLA_FLAGS=FAST_COMPILE)
     procs.append(subprocess.Popen([sys.executable, "-m", "avflow", "train", f"--workdir={workdir}", *flags],
                                   cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
   errors = [p.communicate(timeout=1800)[1] for p in procs]

@@ -16,11 +16,9 @@ from jax.sharding import AbstractMesh, PartitionSpec as P
 
 from avflow.train import sharding
 
-# Multi-device / multi-process runs in subprocesses: minutes on 2 cores, kept out of the default run
-# until they are faster (run them with `pytest -m slow`).
-pytestmark = pytest.mark.slow
-
 MESHES = ((8, 1), (4, 2), (2, 4), (1, 8))
+# Subprocesses compile with LLVM's cheap settings (faster; results are compared within one XLA configuration).
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 # A micro model (2 U-Net levels, no BLSTM/attention, FM only) so that five compiles fit in a test.
 MICRO = {
     "batch_size": 8, "total_steps": 2, "log_every": 1, "eval_every": 100, "checkpoint_every": 2,
@@ -126,8 +124,9 @@ def _mesh_check() -> dict:
   return out
 
 
+@pytest.mark.slow  # minutes on 2 CPU cores: `pytest -m slow`
 def test_one_step_is_the_same_on_every_mesh():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {FAST_COMPILE}", JAX_PLATFORMS="cpu")
   done = subprocess.run([sys.executable, os.path.abspath(__file__)], capture_output=True, text=True, env=env,
                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=1800)
   assert done.returncode == 0, done.stderr[-3000:]

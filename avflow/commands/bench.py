@@ -22,6 +22,8 @@ flags.DEFINE_integer("batch_size", 1, "Batch size of the measured steps (data: d
 flags.DEFINE_integer("repeats", 3, "Timed calls per variant (after one warm-up call); the median is reported.")
 flags.DEFINE_float("peak_flops", 0.0, "Peak FLOP/s of one device, for MFU (e.g. 989e12 for an H100 in bf16).")
 flags.DEFINE_list("remat_policies", list(REMAT_POLICIES), "Remat policies of the rollout step to compare.")
+flags.DEFINE_list("timed_policies", None, "Of --remat_policies, those also timed (default: all); the others are "
+                  "only compiled, for their memory.")
 flags.DEFINE_list("workers", ["0", "1", "2"], "Grain worker counts for --what=data.")
 
 
@@ -43,11 +45,14 @@ def main(argv):
     raise SystemExit(f"avflow bench: unexpected arguments {argv[1:]}")
   f = flags.FLAGS
   config = f.config
-  unknown = set(f.remat_policies) - set(REMAT_POLICIES)
+  timed = f.remat_policies if f.timed_policies is None else f.timed_policies
+  unknown = set(f.remat_policies) - set(REMAT_POLICIES) | set(timed) - set(f.remat_policies)
   if unknown:
-    raise SystemExit(f"avflow bench: unknown remat policies {sorted(unknown)}; expected some of {REMAT_POLICIES}")
+    raise SystemExit(f"avflow bench: unknown remat policies {sorted(unknown)}; expected some of "
+                     f"{f.remat_policies}")
   if f.what == "rollout":
-    figures = bench.bench_rollout(config, f.batch_size, f.repeats, f.peak_flops, tuple(f.remat_policies))
+    figures = bench.bench_rollout(config, f.batch_size, f.repeats, f.peak_flops, tuple(f.remat_policies),
+                                  tuple(timed))
   elif f.what == "step":
     figures = bench.bench_step(config, f.batch_size, f.repeats, f.peak_flops)
   elif f.what == "infer":
@@ -56,7 +61,7 @@ def main(argv):
     batch_size = f.batch_size if f["batch_size"].present else config.batch_size
     workers = [int(w) for w in f.workers]
     paper = config.data.copy_and_resolve_references()
-    paper.update(sample_rate=44100, clip_seconds=10.0, source="toy_movies")
+    paper.update(sample_rate=44100, clip_seconds=10.0)
     figures = {"batch_size": batch_size,
                "config_shape": bench.bench_data(config.data, batch_size, workers),
                "44k_10s": bench.bench_data(paper, batch_size, workers)}

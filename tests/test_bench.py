@@ -1,0 +1,40 @@
+"""The bench's FLOP counter, memory figures and table (the measurements themselves run in `python -m avflow bench`)."""
+import jax
+import jax.numpy as jnp
+
+from avflow import bench
+from avflow.commands.bench import table
+
+
+def _fn(w, k, x, remat=False):
+  def step(c, _):
+    y = jax.lax.conv_general_dilated(c, k, (1,), "SAME", dimension_numbers=("NWC", "WIO", "NWC"))
+    return jnp.tanh(y @ w), None
+
+  y, _ = jax.lax.scan(jax.checkpoint(step) if remat else step, x, jnp.arange(5))
+  return jnp.sum(y)
+
+
+def test_matmul_flops_counts_convolutions_matmuls_and_every_scan_iteration():
+  w, k, x = jnp.ones((6, 6)), jnp.ones((3, 6, 6)), jnp.ones((2, 10, 6))
+  conv = 2 * (2 * 10 * 6) * (3 * 6)  # output elements × (kernel width × input channels)
+  dot = 2 * (2 * 10 * 6) * 6
+  assert bench.matmul_flops(jax.make_jaxpr(_fn)(w, k, x).jaxpr) == 5 * (conv + dot)
+  # The backward pass holds two transposed products per forward one; remat adds the recomputed forward.
+  for remat, passes in ((False, 3), (True, 4)):
+    grad = jax.grad(lambda w, k: _fn(w, k, x, remat), argnums=(0, 1))
+    assert bench.matmul_flops(jax.make_jaxpr(grad)(w, k).jaxpr) == passes * 5 * (conv + dot)
+
+
+def test_memory_and_time_figures():
+  compiled = jax.jit(lambda a: jnp.tanh(a) @ a).lower(jnp.ones((64, 64))).compile()
+  memory = bench.memory_bytes(compiled)
+  assert memory["peak_bytes"] >= memory["argument_bytes"] == 64 * 64 * 4
+  calls = []
+  medians = bench.time_interleaved({"a": lambda: calls.append("a") or 1.0, "b": lambda: calls.append("b") or 2.0}, 3)
+  assert medians == {"a": 1.0, "b": 2.0} and calls == ["a", "b"] * 4
+
+
+def test_table_flattens_nested_figures():
+  assert table({"x": 1, "steps": {"fm": {"step_s": 0.123456}}}) == [
+      f"{'x':<44} 1", f"{'steps.fm.step_s':<44} 0.1235"]
