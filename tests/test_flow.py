@@ -75,8 +75,8 @@ def _unrolled_rollout(params, x0, x1, cond, key, num_steps, horizon):
 
 
 @pytest.mark.parametrize("remat_policy", ["none", "step", "dots"])
-@pytest.mark.parametrize("horizon", [4, 2])
-def test_rollout_gradient_equals_python_unrolled_loop(remat_policy, horizon):
+@pytest.mark.parametrize("horizon,unroll", [(4, 1), (2, 1), (4, 4), (4, 3)])
+def test_rollout_gradient_equals_python_unrolled_loop(remat_policy, horizon, unroll):
   params = _mlp_params()
   x0, x1 = _pair()
   cond = x0
@@ -84,7 +84,7 @@ def test_rollout_gradient_equals_python_unrolled_loop(remat_policy, horizon):
 
   def scanned(p):
     return flow.rollout_loss(_mlp_field(p), x0, x1, cond, key, num_steps=4, horizon=horizon,
-                             remat_policy=remat_policy)
+                             remat_policy=remat_policy, unroll=unroll)
 
   loss, grads = jax.jit(jax.value_and_grad(scanned))(params)
   ref_loss, ref_grads = jax.value_and_grad(_unrolled_rollout)(params, x0, x1, cond, key, 4, horizon)

@@ -77,7 +77,7 @@ def make_source(data_cfg, split: str) -> ClipSource:
     num = {"train": data_cfg.num_train_clips}.get(split, data_cfg.num_eval_clips)
     return ToyMovies(sample_rate=data_cfg.sample_rate, clip_seconds=data_cfg.clip_seconds,
                      frames_per_second=data_cfg.frames_per_second, image_size=data_cfg.image_size,
-                     num_clips=num, seed=data_cfg.seed, split=split)
+                     num_clips=num, seed=data_cfg.seed, split=split, layout=data_cfg.toy_layout)
   if data_cfg.source == "records":
     from avflow.data.records import records_source
     return records_source(data_cfg, split)

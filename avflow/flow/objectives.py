@@ -31,6 +31,8 @@ class ObjectiveConfig:
   bridge_sigma: float = 0.0  # Bridge matching (Table 3): σ of the noise on x_t; the paper uses 1e-5.
   consistency_delta: float = 0.25  # Δ of Eq. 9.
   remat_policy: str = "step"
+  # Euler steps of the rollout scan unrolled per loop iteration (`lax.scan(unroll=)`); 1 keeps a loop.
+  rollout_unroll: int = 1
 
   def __post_init__(self):
     if not 1 <= self.horizon <= self.num_steps:
@@ -99,7 +101,7 @@ def _remat(fn, policy: str):
 
 
 def rollout_loss(velocity_fn: VelocityFn, x0, x1, cond: Any, key: jax.Array, *, num_steps: int = 4,
-                 horizon: int | None = None, remat_policy: str = "step") -> jax.Array:
+                 horizon: int | None = None, remat_policy: str = "step", unroll: int = 1) -> jax.Array:
   """Rollout loss E‖x̂_T − x_T‖² (Eq. 5), backpropagated through the unrolled Euler trajectory.
 
   From the ground-truth x_{k/N}, H Euler steps of size 1/N use the model's own velocities (a `lax.scan`, each
@@ -116,7 +118,7 @@ def rollout_loss(velocity_fn: VelocityFn, x0, x1, cond: Any, key: jax.Array, *, 
     t = (k + i).astype(jnp.float32) / num_steps
     return x + dt * velocity_fn(x, t, cond), None
 
-  x_hat, _ = jax.lax.scan(_remat(euler_step, remat_policy), x_start, jnp.arange(horizon))
+  x_hat, _ = jax.lax.scan(_remat(euler_step, remat_policy), x_start, jnp.arange(horizon), unroll=unroll)
   return jnp.mean(per_example_mse(x_hat, x_end))
 
 
@@ -144,7 +146,7 @@ def flow_loss(velocity_fn: VelocityFn, x0, x1, cond: Any, key: jax.Array,
                                      eps=cfg.weighting_eps, bridge_sigma=cfg.bridge_sigma, key=noise_key)
   if cfg.rollout_weight:
     terms["rollout"] = rollout_loss(velocity_fn, x0, x1, cond, rollout_key, num_steps=cfg.num_steps,
-                                    horizon=cfg.horizon, remat_policy=cfg.remat_policy)
+                                    horizon=cfg.horizon, remat_policy=cfg.remat_policy, unroll=cfg.rollout_unroll)
   if cfg.consistency_weight:
     terms["consistency"] = consistency_loss(velocity_fn, x0, x1, cond, t, cfg.consistency_delta)
   if not terms:
