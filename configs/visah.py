@@ -18,5 +18,6 @@ def get_config(arg: str = "toy"):
   if text:
     config.model.conditioning.kind = "features"
     config.model.conditioning.features_key = "text"
-    config.model.latent.context_dim = config.model.conditioning.text_dim
+    # Linked: `--config.model.conditioning.text_dim=D` (the stored T5 width) sets the context width too.
+    config.model.latent.context_dim = config.model.conditioning.get_ref("text_dim")
   return config

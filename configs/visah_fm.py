@@ -33,7 +33,8 @@ def _conditioning(kind, modalities=("audio",), features_key="context"):
     cond.modalities = modalities
     cond.features_key = features_key
     if kind == "features" and features_key == "text":
-      c.model.latent.context_dim = cond.text_dim
+      # Linked: `--config.model.conditioning.text_dim=D` (the stored T5 width) sets the context width too.
+      c.model.latent.context_dim = cond.get_ref("text_dim")
     elif kind in ("clip", "clip_adapter"):
       c.model.latent.context_dim = 24 if cond.clip == "tiny" else 768
   return apply

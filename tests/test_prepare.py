@@ -188,7 +188,7 @@ def test_strict_stops_at_the_first_bad_clip(tmp_path):
   assert "b_bad: missing stem speech.wav" in run.stderr
   report = json.loads((out / records.REPORT_FILE).read_text())
   assert report["ok"] == ["a_good"] and [s["clip"] for s in report["skipped"]] == ["b_bad"]
-  assert not os.path.isdir(out / records.NAME / "1.0.0")
+  assert not os.path.isdir(out / records.NAME / str(records.MuddyMix.VERSION))
 
   run = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=tmp_path)
   assert run.returncode == 0, run.stderr

@@ -1,8 +1,11 @@
-"""`python -m avflow prepare --input=DIR --layout=muddy_mix|video_stems --output=DIR [--stems_dir=DIR] ...`.
+"""`python -m avflow prepare --input=DIR --layout=muddy_mix|video_stems --output=DIR [--stems_dir=DIR]
+[--text_encoder=T5_DIR] ...`.
 
 Turns real clips into Muddy Mix training records (`avflow.data.records`): TFDS ArrayRecord under
 `<output>/muddy_mix/<version>` plus `<output>/prepare_report.json`. Point `config.data.records_dir` at
 `<output>` with `config.data.source = "records"` and the same sample rate, clip length and image size.
+With `--text_encoder`, the records also carry T5 caption features `text` (text_tokens, text_dim) for the "T"
+conditionings (`configs/visah_fm.py:<scale>_t|_vt|_vta`, `configs/visah.py:<scale>_t5`).
 """
 import os
 
@@ -13,7 +16,8 @@ from avflow.data import records
 
 flags.DEFINE_string("input", None, "Folder of clips (see --layout).", required=True)
 flags.DEFINE_enum("layout", "muddy_mix", records.LAYOUTS,
-                  "muddy_mix: public VisAH clip folders (audio_raw/, separated/, frames/[, frames_feats/]); "
+                  "muddy_mix: public VisAH clip folders (audio_raw/, separated/, frames/[, frames_feats/, "
+                  "frames_captions/]); "
                   "video_stems: video files plus --stems_dir/<clip>/{speech,music,effects}.wav.")
 flags.DEFINE_string("output", None, "Records folder (becomes config.data.records_dir).", required=True)
 flags.DEFINE_string("stems_dir", None, "Stems folder for --layout=video_stems.")
@@ -26,6 +30,17 @@ flags.DEFINE_float("min_seconds", None, "Shortest last piece that is zero-padded
 flags.DEFINE_integer("image_size", 224, "Frame size after CLIP's resize and center crop.", lower_bound=1)
 flags.DEFINE_bool("strict", False, "Stop at the first bad clip with a non-zero exit status.")
 flags.DEFINE_bool("overwrite", False, "Replace records already in --output.")
+flags.DEFINE_string("text_encoder", None, "Local T5 encoder folder (`save_pretrained`: config, weights, tokenizer; "
+                    "the paper: T5-XXL). Each clip's caption (muddy_mix: frames_captions/*.txt; video_stems: "
+                    "<clip>.txt beside the video) is encoded once and stored as `text`; clips without one are "
+                    "skipped and reported.")
+flags.DEFINE_integer("text_dim", 4096, "Width the T5 encoder must have (= config.model.conditioning.text_dim; "
+                     "T5-XXL: 4096).", lower_bound=1)
+flags.DEFINE_integer("text_tokens", 10, "Tokens per caption, truncated or padded "
+                     "(= config.model.conditioning.text_tokens).", lower_bound=1)
+flags.DEFINE_string("text_device", None, "PyTorch device of the text encoder (default: cuda if available, else cpu).")
+flags.DEFINE_enum("text_dtype", "float32", ["float32", "bfloat16"], "Dtype the text encoder runs in; the stored "
+                  "features are float32.")
 
 
 def main(argv):
@@ -36,7 +51,9 @@ def main(argv):
                             image_size=f.image_size)
   try:
     report = records.prepare(f.input, f.output, f.layout, stems_dir=f.stems_dir, splits_dir=f.splits_dir,
-                             spec=spec, strict=f.strict, overwrite=f.overwrite)
+                             spec=spec, strict=f.strict, overwrite=f.overwrite, text_encoder=f.text_encoder,
+                             text_dim=f.text_dim, text_tokens=f.text_tokens,
+                             text_options=dict(device=f.text_device, dtype=f.text_dtype))
   except records.PrepareError as e:
     raise SystemExit(f"avflow prepare: {e}")
   examples = ", ".join(f"{k} {v}" for k, v in report["examples"].items())

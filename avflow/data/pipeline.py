@@ -11,9 +11,12 @@ import numpy as np
 
 from avflow.data import remix as remix_lib
 
+FEATURE_FIELDS = ("context", "text")  # stored per-clip features that batches carry when the source has them
+
 
 class ClipSource(Protocol):
-  """Random-access clips: `source[i]` → dict(clip_id, stems (3, L), frames (F, H, W, 3), loudness (3,) [, mix])."""
+  """Random-access clips: `source[i]` → dict(clip_id, stems (3, L), frames (F, H, W, 3), loudness (3,) [, mix]
+  [, context (F, D)][, text (T, D)])."""
 
   def __len__(self) -> int: ...
 
@@ -48,7 +51,8 @@ class MuddyRemix(grain.transforms.RandomMap):
         "gains_db": np.asarray(out["gains_db"], np.float32),
         "frames": clip["frames"],
         "clip_id": clip["clip_id"],
-        **({"context": np.asarray(clip["context"], np.float32)} if "context" in clip else {}),
+        # Stored conditioning features pass through unchanged: CLIP `context` (F, D), T5 caption `text` (T, D).
+        **{k: np.asarray(clip[k], np.float32) for k in FEATURE_FIELDS if k in clip},
     }
 
 

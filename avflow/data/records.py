@@ -6,11 +6,20 @@ Two input layouts:
   original movie mix, the target), `separated/{speech,music,effects+residual}.wav` (the separator's
   stems; VisAH uses effects+residual as the effects stem), `frames/*.png` at 1 fps and optionally
   `frames_feats/visual_feats.pt`, the CLIP ViT-L/14 features (N, 768) of those frames (read with PyTorch
-  when it is installed; the records then carry them as `context` and clips without them are skipped).
+  when it is installed; the records then carry them as `context` and clips without them are skipped),
+  and optionally `frames_captions/InternVL2-8B_prompt1.txt`, the clip's caption (any single `.txt` in
+  `frames_captions/` is taken too; of several, the first by name, with a warning).
 - `video_stems`: a video file per clip, named `<clip>.<ext>`, and its stems in
   `<stems_dir>/<clip>/{speech,music,effects}.wav`. The original mix is the video's soundtrack; a
   video without an audio track is still used when its stems are there (the stems' sum stands in for
-  the mix, with a warning), and is skipped only when the stems are missing too.
+  the mix, with a warning), and is skipped only when the stems are missing too. The caption, if any,
+  is `<clip>.txt` beside the video.
+
+Text features, in both layouts, only with a text encoder (`text_encoder=`, `prepare --text_encoder=DIR`): the
+caption file's text (UTF-8, whitespace runs collapsed to one space) is encoded once per clip by a T5 encoder
+(`text_features.TextEncoder`) into `text_tokens` tokens and stored as `text` (text_tokens, D) in every window of
+the clip. As with missing CLIP features, a clip without a caption file is skipped (and reported); an empty
+caption is kept with a warning and stored as the encoding of the empty string.
 
 Splits, in both layouts: from the public lists `train.csv`, `val.csv` and `test_filter.csv` when any is
 present (one clip folder per line; a line names a clip by its last path component; the test split is
@@ -60,6 +69,8 @@ STEM_FILES = {"muddy_mix": ("speech.wav", "music.wav", "effects+residual.wav"),
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 FEATURES_FILE = os.path.join("frames_feats", "visual_feats.pt")
+CAPTIONS_DIR = "frames_captions"
+CAPTION_FILE = "InternVL2-8B_prompt1.txt"  # the public Muddy Mix caption (its first line is the public `text`)
 FRAMES_PER_SECOND = 1
 LENGTH_TOLERANCE_SECONDS = 0.1
 REPORT_FILE = "prepare_report.json"
@@ -279,10 +290,44 @@ def _missing(folder: str, names) -> list[str]:
   return [n for n in names if not os.path.isfile(os.path.join(folder, n))]
 
 
+def caption_path(layout: str, clip: Clip, warn: Warn | None = None) -> str | None:
+  """The clip's caption file (see the module docstring), or None when it has none."""
+  if layout == "video_stems":
+    path = os.path.splitext(clip.path)[0] + ".txt"
+    return path if os.path.isfile(path) else None
+  folder = os.path.join(clip.path, CAPTIONS_DIR)
+  if os.path.isfile(os.path.join(folder, CAPTION_FILE)):
+    return os.path.join(folder, CAPTION_FILE)
+  names = sorted((n for n in os.listdir(folder) if n.lower().endswith(".txt")
+                  and os.path.isfile(os.path.join(folder, n))), key=_natural_key) if os.path.isdir(folder) else []
+  if len(names) > 1 and warn:
+    warn(folder, f"{len(names)} caption files and no {CAPTION_FILE}; {names[0]} is used")
+  return os.path.join(folder, names[0]) if names else None
+
+
+def read_caption(layout: str, clip: Clip, warn: Warn) -> str:
+  """The clip's caption, whitespace collapsed; `BadClip` when there is no caption file or it is not UTF-8."""
+  path = caption_path(layout, clip, warn)
+  if path is None:
+    where = (os.path.splitext(clip.path)[0] + ".txt" if layout == "video_stems"
+             else os.path.join(clip.path, CAPTIONS_DIR, CAPTION_FILE))
+    raise BadClip("no caption file (text features are stored for every clip)", where)
+  try:
+    with open(path, encoding="utf-8") as f:
+      text = " ".join(f.read().split())
+  except (OSError, UnicodeDecodeError) as e:
+    raise BadClip(f"unreadable caption ({type(e).__name__}: {e})", path) from e
+  if not text:
+    warn(path, "empty caption: the encoding of the empty string is stored")
+  return text
+
+
 def load_clip(layout: str, clip: Clip, spec: WindowSpec, context_dim: int | None, warn: Warn,
-              stems_dir: str | None = None) -> dict[str, Any]:
-  """A whole clip: `mix` (L,), `stems` (3, L), `frames` (F, N, N, 3) at 1 fps[, `context` (F', D)]."""
+              stems_dir: str | None = None, text_encoder=None) -> dict[str, Any]:
+  """A whole clip: `mix` (L,), `stems` (3, L), `frames` (F, N, N, 3) at 1 fps[, `context` (F', D)][, `text`
+  (text_tokens, D): the caption encoded by `text_encoder`, a `text_features.TextEncoder`]."""
   sr = spec.sample_rate
+  caption = read_caption(layout, clip, warn) if text_encoder is not None else None
   if layout == "muddy_mix":
     folder = os.path.join(clip.path, "separated")
     missing = _missing(folder, STEM_FILES[layout])
@@ -332,6 +377,11 @@ def load_clip(layout: str, clip: Clip, spec: WindowSpec, context_dim: int | None
   out = dict(mix=stems.sum(axis=0) if mix is None else mix[:n], stems=stems, frames=frames)
   if context is not None:
     out["context"] = context
+  if caption is not None:
+    text = text_encoder.encode_one(caption)
+    if not np.all(np.isfinite(text)):
+      raise BadClip("NaN/Inf in the caption's text features", caption_path(layout, clip))
+    out["text"] = text
   return out
 
 
@@ -361,6 +411,8 @@ def windows(clip: Clip, data: dict[str, Any], spec: WindowSpec) -> list[dict[str
     )
     if "context" in data:
       ex["context"] = _rows(data["context"], first, spec.frames).astype(np.float32)
+    if "text" in data:  # one caption per clip: every window carries it
+      ex["text"] = data["text"].astype(np.float32)
     out.append(ex)
   return out
 
@@ -368,8 +420,9 @@ def windows(clip: Clip, data: dict[str, Any], spec: WindowSpec) -> list[dict[str
 # ---------------------------------------------------------------------------------------------
 # The TFDS builder.
 
-def features(spec: WindowSpec, context_dim: int | None) -> tfds.features.FeaturesDict:
-  """Schema 1.0.0. Arrays are stored as raw bytes (TFDS `Encoding.BYTES`): proto float lists are ~100x slower."""
+def features(spec: WindowSpec, context_dim: int | None,
+             text_shape: tuple[int, int] | None = None) -> tfds.features.FeaturesDict:
+  """Schema 1.1.0. Arrays are stored as raw bytes (TFDS `Encoding.BYTES`): proto float lists are ~100x slower."""
   def tensor(shape, dtype):
     return tfds.features.Tensor(shape=shape, dtype=dtype, encoding=tfds.features.Encoding.BYTES)
   n, f = spec.image_size, spec.frames
@@ -382,6 +435,8 @@ def features(spec: WindowSpec, context_dim: int | None) -> tfds.features.Feature
   }
   if context_dim:
     d["context"] = tensor((f, context_dim), np.float32)
+  if text_shape:
+    d["text"] = tensor(tuple(text_shape), np.float32)
   return tfds.features.FeaturesDict(d)
 
 
@@ -396,15 +451,26 @@ class Plan:
   stems_dir: str | None = None
   strict: bool = False
   progress: Any = None
+  text_encoder: Any = None  # a `text_features.TextEncoder`, or None: no `text` field
+
+  @property
+  def text_shape(self) -> tuple[int, int] | None:
+    return (self.text_encoder.text_tokens, self.text_encoder.dim) if self.text_encoder else None
 
 
 class MuddyMix(tfds.core.GeneratorBasedBuilder):
   """Muddy Mix windows as ArrayRecord: clip_id, mix (L,), stems (3, L) in `SOURCES` order, loudness (3,)
-  LUFS, frames (F, N, N, 3) uint8 at 1 fps[, context (F, D) CLIP features]. Read it with
-  `tfds.data_source("muddy_mix", data_dir=..., split=...)` (no TensorFlow needed) or `RecordSource`."""
+  LUFS, frames (F, N, N, 3) uint8 at 1 fps[, context (F, D) CLIP features][, text (text_tokens, D) T5 features
+  of the clip's caption]. Read it with `tfds.data_source("muddy_mix", data_dir=..., split=...)` (no TensorFlow
+  needed) or `RecordSource`, which also reads the older versions in `SUPPORTED_VERSIONS`."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First schema: clip_id, mix, stems, loudness, frames, optional context."}
+  VERSION = tfds.core.Version("1.1.0")
+  SUPPORTED_VERSIONS = [tfds.core.Version("1.0.0")]
+  RELEASE_NOTES = {
+      "1.0.0": "First schema: clip_id, mix, stems, loudness, frames, optional context.",
+      "1.1.0": "Optional text (text_tokens, D): T5 encoder features of the clip's caption (prepare "
+               "--text_encoder); metadata text_dim, text_tokens, text_encoder. Everything else as 1.0.0.",
+  }
   # Nothing is downloaded, so there is no checksums file to find next to the code (TFDS would look it up
   # through importlib_resources, which its Python 3.11 install does not bring).
   code_path = None
@@ -420,12 +486,14 @@ class MuddyMix(tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__.split("\n\n")[0],
-        features=features(p.spec, p.context_dim),
+        features=features(p.spec, p.context_dim, p.text_shape),
         metadata=tfds.core.MetadataDict(
             sample_rate=p.spec.sample_rate, clip_seconds=p.spec.clip_seconds,
             min_seconds=p.spec.min_length / p.spec.sample_rate, image_size=p.spec.image_size,
             frames_per_second=FRAMES_PER_SECOND, sources=list(SOURCES), layout=p.layout,
-            context_dim=p.context_dim or 0))
+            context_dim=p.context_dim or 0, text_dim=p.text_shape[1] if p.text_shape else 0,
+            text_tokens=p.text_shape[0] if p.text_shape else 0,
+            text_encoder=os.path.abspath(p.text_encoder.model_dir) if p.text_encoder else ""))
 
   def _split_generators(self, dl_manager):
     """One generator per split that yields at least one example (TFDS cannot write an empty split)."""
@@ -447,7 +515,8 @@ class MuddyMix(tfds.core.GeneratorBasedBuilder):
       p.progress.set_postfix_str(f"{split}: {clip.clip_id}", refresh=False)
       try:
         data = load_clip(p.layout, clip, p.spec, p.context_dim,
-                         lambda path, text, c=clip.clip_id: p.report.warn(c, path, text), p.stems_dir)
+                         lambda path, text, c=clip.clip_id: p.report.warn(c, path, text), p.stems_dir,
+                         p.text_encoder)
         examples = windows(clip, data, p.spec)
       except BadClip as e:
         p.report.skip(clip.clip_id, e.path, e.reason)
@@ -490,13 +559,36 @@ def _context_dim(clips: list[Clip], report: Report) -> int | None:
   return None
 
 
+def _text_encoder(text_encoder, clips: list[Clip], layout: str, text_dim: int | None, text_tokens: int,
+                  **options):
+  """The `TextEncoder` for `prepare(text_encoder=...)` (a folder or an encoder), or `PrepareError`."""
+  from avflow.data import text_features
+  captioned = sum(caption_path(layout, c) is not None for c in clips)
+  if clips and not captioned:
+    where = "<clip>.txt beside each video" if layout == "video_stems" else f"<clip>/{CAPTIONS_DIR}/*.txt"
+    raise PrepareError(f"a text encoder was given but none of the {len(clips)} clips has a caption ({where})")
+  if isinstance(text_encoder, text_features.TextEncoder):
+    if text_dim is not None and text_encoder.dim != text_dim:
+      raise PrepareError(f"the text encoder gives {text_encoder.dim}-d features but {text_dim}-d were asked for")
+    return text_encoder
+  try:
+    return text_features.TextEncoder(text_encoder, text_tokens, text_dim, **options)
+  except text_features.TextEncoderError as e:
+    raise PrepareError(str(e)) from e
+
+
 def prepare(input_dir: str, output_dir: str, layout: str = "muddy_mix", *, stems_dir: str | None = None,
             splits_dir: str | None = None, spec: WindowSpec = WindowSpec(), strict: bool = False,
-            overwrite: bool = False) -> dict:
+            overwrite: bool = False, text_encoder=None, text_dim: int | None = None, text_tokens: int = 10,
+            text_options: dict | None = None) -> dict:
   """Build `<output_dir>/muddy_mix/<version>` from `input_dir` and write the report; returns the report dict.
 
-  Raises `PrepareError` for unusable folders, for a build with no usable clip, and under `strict` at
-  the first bad clip (the report is written in every case once clips were read).
+  `text_encoder`: a T5 encoder folder (or a `text_features.TextEncoder`) to store each clip's caption as `text`
+  (`text_tokens`, D) features; `text_dim`, when given, must equal D; `text_options` go to `TextEncoder` (device,
+  dtype, batch_size).
+
+  Raises `PrepareError` for unusable folders or text encoders, for a build with no usable clip, and under
+  `strict` at the first bad clip (the report is written in every case once clips were read).
   """
   if layout not in LAYOUTS:
     raise PrepareError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
@@ -509,15 +601,20 @@ def prepare(input_dir: str, output_dir: str, layout: str = "muddy_mix", *, stems
   report = Report()
   clips = find_clips(layout, input_dir, report)
   splits = assign_splits(clips, splits_dir or input_dir, report)
+  existing = os.path.join(output_dir, NAME, str(MuddyMix.VERSION))
+  if os.path.isdir(existing) and not overwrite:  # checked before a (slow) text encoder is loaded
+    raise PrepareError(f"{existing} already holds {NAME} {MuddyMix.VERSION}; pass overwrite "
+                       "(--overwrite) or pick another output folder")
   context_dim = _context_dim(clips, report) if layout == "muddy_mix" else None
+  encoder = None
+  if text_encoder is not None:
+    encoder = _text_encoder(text_encoder, [c for split in splits.values() for c in split], layout, text_dim,
+                            text_tokens, **(text_options or {}))
   os.makedirs(output_dir, exist_ok=True)
   total = sum(len(c) for c in splits.values())
   with tqdm(total=total, unit="clip", desc="prepare", dynamic_ncols=True) as progress:
-    plan = Plan(layout, spec, splits, report, context_dim, stems_dir, strict, progress)
+    plan = Plan(layout, spec, splits, report, context_dim, stems_dir, strict, progress, encoder)
     builder = MuddyMix(plan=plan, data_dir=output_dir, file_format=tfds.core.FileFormat.ARRAY_RECORD)
-    if os.path.isdir(builder.data_dir) and not overwrite:
-      raise PrepareError(f"{builder.data_dir} already holds {NAME} {builder.version}; pass overwrite "
-                         "(--overwrite) or pick another output folder")
     mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite else \
         tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
     tfds.disable_progress_bar()
@@ -533,15 +630,28 @@ def prepare(input_dir: str, output_dir: str, layout: str = "muddy_mix", *, stems
 # ---------------------------------------------------------------------------------------------
 # Reading.
 
+def stored_version(records_dir: str) -> str:
+  """The newest version of the records in `records_dir` that this code reads (`MuddyMix.SUPPORTED_VERSIONS`)."""
+  folder = os.path.join(records_dir, NAME)
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f"no {NAME} records in {records_dir!r}; build them with `python -m avflow prepare`")
+  readable = sorted((v for v in [MuddyMix.VERSION, *MuddyMix.SUPPORTED_VERSIONS]
+                     if os.path.isfile(os.path.join(folder, str(v), "dataset_info.json"))), reverse=True)
+  if not readable:
+    found = ", ".join(sorted(os.listdir(folder))) or "none"
+    raise FileNotFoundError(f"{folder} holds no {NAME} version this code reads (found: {found}; reads "
+                            f"{MuddyMix.VERSION} and {', '.join(map(str, MuddyMix.SUPPORTED_VERSIONS))}); "
+                            "prepare the records again")
+  return str(readable[0])
+
+
 class RecordSource:
   """A `ClipSource` over one split of prepared records: `source[i]` → dict(clip_id, stems (3, L), frames
-  (F, N, N, 3), loudness (3,), mix (L,)[, context (F, D)]), random access without TensorFlow."""
+  (F, N, N, 3), loudness (3,), mix (L,)[, context (F, D)][, text (text_tokens, D)]), random access without
+  TensorFlow. The newest readable version in `records_dir` is read."""
 
   def __init__(self, records_dir: str, split: str):
-    info_dir = os.path.join(records_dir, NAME)
-    if not os.path.isdir(info_dir):
-      raise FileNotFoundError(f"no {NAME} records in {records_dir!r}; build them with `python -m avflow prepare`")
-    builder = tfds.builder(NAME, data_dir=records_dir)
+    builder = tfds.builder(NAME, data_dir=records_dir, version=stored_version(records_dir))
     if split not in builder.info.splits:
       raise ValueError(f"split {split!r} is not in the records at {records_dir} (it has "
                        f"{', '.join(builder.info.splits) or 'none'}; see prepare_report.json)")

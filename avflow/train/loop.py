@@ -18,7 +18,7 @@ from avflow.data.pipeline import device_batch, make_dataset, make_source
 from avflow.models.highlighter import Highlighter
 from avflow.train import checkpoint, distributed, sharding
 from avflow.train.evaluate import evaluate
-from avflow.train.state import TrainState, create_train_state, make_optimizer
+from avflow.train.state import TrainState, check_batch, create_train_state, make_optimizer
 from avflow.train.step import make_predict_fn, make_train_step
 
 
@@ -74,7 +74,9 @@ def train(config, workdir: str, resume: bool = False) -> TrainState:
                           process_count=jax.process_count())
   eval_source = make_source(config.data, "val")
   data_iter = iter(train_ds)
-  example = sharding.global_batch(device_batch(next(iter(train_ds))), data_sharding)
+  first = next(iter(train_ds))
+  check_batch(config, first)
+  example = sharding.global_batch(device_batch(first), data_sharding)
 
   state = create_train_state(model, config, example, tx)
   if config.init_from:

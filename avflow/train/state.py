@@ -4,6 +4,7 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from avflow.models.highlighter import frozen_prefixes
@@ -56,14 +57,41 @@ def abstract_batch(config, batch_size: int = 1) -> dict:
   audio = jax.ShapeDtypeStruct((batch_size, length, 1), jnp.float32)
   cond = config.model.conditioning
   batch = {"x0": audio, "x1": audio}
-  if cond.kind == "features":
-    batch[cond.features_key] = jax.ShapeDtypeStruct((batch_size, frames, config.model.latent.context_dim),
+  if cond.kind == "features":  # CLIP `context`: one token per frame; T5 `text`: text_tokens caption tokens
+    tokens = cond.text_tokens if cond.features_key == "text" else frames
+    batch[cond.features_key] = jax.ShapeDtypeStruct((batch_size, tokens, config.model.latent.context_dim),
                                                     jnp.float32)
   else:
     batch["frames"] = jax.ShapeDtypeStruct((batch_size, frames, data.image_size, data.image_size, 3), jnp.uint8)
   if cond.kind == "clip_adapter" and "text" in cond.modalities:
     batch["text"] = jax.ShapeDtypeStruct((batch_size, cond.text_tokens, cond.text_dim), jnp.float32)
   return batch
+
+
+def check_batch(config, batch: dict) -> None:
+  """A clear `ValueError` when a data batch lacks the stored features the model conditions on, or their
+  shape differs from the config's (e.g. records prepared with a 1024-d T5 for `text_dim=4096`)."""
+  cond = config.model.conditioning
+  expected = abstract_batch(config)
+  keys = [cond.features_key] if cond.kind == "features" else []
+  keys += ["text"] if cond.kind == "clip_adapter" and "text" in cond.modalities else []
+  for key in keys:
+    want = expected[key].shape[1:]
+    if key not in batch:
+      how = ("prepare the records with `python -m avflow prepare --text_encoder=DIR`" if key == "text" else
+             "prepare the records from clips with frames_feats/visual_feats.pt")
+      raise ValueError(f"model.conditioning ({cond.kind}) reads stored `{key}` features, but the batches of "
+                       f"data.source={config.data.source!r} have none (fields: {', '.join(sorted(batch))}); {how}")
+    got = tuple(np.shape(batch[key])[1:])
+    if got != tuple(want):
+      if key == "text":
+        names = ("model.conditioning.text_tokens", "model.conditioning.text_dim" +
+                 (" (= model.latent.context_dim)" if cond.kind == "features" else ""))
+      else:
+        names = ("the clip's frame count", "model.latent.context_dim")
+      raise ValueError(f"stored `{key}` features are {got[-2]} x {got[-1]} (tokens x width) per clip, but the "
+                       f"config expects {want[-2]} x {want[-1]} ({names[0]} x {names[1]}); set the config to the "
+                       "stored shape or prepare the records again")
 
 
 def abstract_params(model, config) -> Any:
