@@ -181,5 +181,7 @@ def test_combined_objective_weights_and_validation():
     flow.ObjectiveConfig(horizon=5)
   with pytest.raises(ValueError, match="remat_policy"):
     flow.ObjectiveConfig(remat_policy="everything")
+  with pytest.raises(ValueError, match="rollout_unroll must be ≥ 1"):
+    flow.ObjectiveConfig(rollout_unroll=0)
   with pytest.raises(ValueError, match="weight is zero"):
     flow.flow_loss(zero, x0, x1, None, KEY, flow.ObjectiveConfig(fm_weight=0.0, rollout_weight=0.0))

@@ -37,6 +37,8 @@ class ObjectiveConfig:
   def __post_init__(self):
     if not 1 <= self.horizon <= self.num_steps:
       raise ValueError(f"rollout horizon must be in [1, num_steps={self.num_steps}], got {self.horizon}")
+    if self.rollout_unroll < 1:
+      raise ValueError(f"objective.rollout_unroll must be ≥ 1 (1 keeps the scan a loop), got {self.rollout_unroll}")
     for name, value, allowed in (("time_sampler", self.time_sampler, TIME_SAMPLERS),
                                  ("fm_weighting", self.fm_weighting, FM_WEIGHTINGS),
                                  ("remat_policy", self.remat_policy, REMAT_POLICIES)):
