@@ -134,3 +134,22 @@ def test_launch_scripts_reject_unknown_arguments():
     done = subprocess.run(["bash", os.path.join(ROOT, "launch", script), "--no-such-flag"], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2 and "unknown argument '--no-such-flag'" in done.stderr
+
+
+def test_ablate_sweep_dry_run_launches_every_row_and_seed_of_a_table():
+  done = subprocess.run(["bash", os.path.join(ROOT, "launch", "ablate_sweep.sh"), "--table=7", "--seeds=0,1",
+                         "--runs=/scratch/ablate", "--launcher=slurm_gpu.sh", f"--python={sys.executable}",
+                         "--nodes=2", "--venv=/opt/v", "--dry-run", "--", "--config.batch_size=64"],
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  runs = [shlex.split(line[line.index("/opt/v/bin/python"):]) for line in done.stdout.splitlines()
+          if "/opt/v/bin/python -m avflow train" in line]
+  expected = [(f"--config=configs/visah_fm.py:{variant}", f"--config.seed={seed}",
+               f"--workdir=/scratch/ablate/table7_paper/{variant}/seed{seed}")
+              for variant in ("paper", "paper_fm", "paper_no_warm_start", "paper_fm_no_warm_start") for seed in (0, 1)]
+  assert [(r[4], r[-2], r[5]) for r in runs] == expected
+  assert all(r[-1] == "--config.batch_size=64" and "--resume" in r for r in runs)
+  assert done.stdout.count("sbatch --job-name=avflow --nodes=2") == 8
+  bad = subprocess.run(["bash", os.path.join(ROOT, "launch", "ablate_sweep.sh"), "--table=7", "--runs=/r",
+                        "--launcher=qsub.sh"], capture_output=True, text=True, timeout=60)
+  assert bad.returncode == 2 and "--launcher must be slurm_gpu.sh or tpu_pod.sh" in bad.stderr
