@@ -34,7 +34,6 @@ def test_a_single_process_needs_no_initialization(monkeypatch):
   assert not distributed.initialize()
 
 
-@pytest.mark.slow  # minutes on 2 CPU cores: `pytest -m slow`
 def test_two_processes_train_like_one_process_on_the_same_global_batches(tmp_path):
   workdir = str(tmp_path / "run")
   flags = [f"--config.{k}={v}" for k, v in {**MICRO, **TWO_PROCESS}.items()]

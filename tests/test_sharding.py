@@ -124,7 +124,6 @@ def _mesh_check() -> dict:
   return out
 
 
-@pytest.mark.slow  # minutes on 2 CPU cores: `pytest -m slow`
 def test_one_step_is_the_same_on_every_mesh():
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {FAST_COMPILE}", JAX_PLATFORMS="cpu")
   done = subprocess.run([sys.executable, os.path.abspath(__file__)], capture_output=True, text=True, env=env,
