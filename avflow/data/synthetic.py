@@ -129,10 +129,9 @@ def _bandpass(x: np.ndarray, sr: int, low: float, high: float) -> np.ndarray:
   """`x` with only [low, high) Hz left, through raised-cosine edges `BAND_EDGE_OCTAVES` wide."""
   octaves = np.log2(np.maximum(np.fft.rfftfreq(N_FFT, 1.0 / sr), 1e-3))
 
-  def rise(edge):  # 0 below the edge, 1 above it
-    if edge <= 0 or not np.isfinite(edge):
-      return np.ones_like(octaves) if edge <= 0 else np.zeros_like(octaves)
-    u = np.clip((octaves - np.log2(edge)) / BAND_EDGE_OCTAVES + 0.5, 0.0, 1.0)
+  def rise(edge):  # 0 below the edge, 1 above it; an edge at 0 Hz (log −∞) or ∞ clips to all 1 or all 0
+    with np.errstate(divide="ignore"):
+      u = np.clip((octaves - np.log2(edge)) / BAND_EDGE_OCTAVES + 0.5, 0.0, 1.0)
     return 0.5 - 0.5 * np.cos(np.pi * u)
 
   return _istft(_stft(x) * (rise(low) - rise(high)), x.size).astype(np.float32)
