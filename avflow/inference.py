@@ -2,7 +2,8 @@
 
 The audio is cut into windows of the model's clip length with 25% overlap; each window is carried along the flow
 from x0 (t=0) for k of the N steps (k = N: the full remix; fewer steps: a gentler one, Sec. 9) with the frames
-(1 per second) that fall in it, and the windows are joined with linear cross-fades.
+(1 per second) that fall in it, and the windows are joined with linear cross-fades. Runs conditioned on captions
+(Table 2 rows V+T, V+T+A, T) take the caption's T5 features, the same for every window.
 """
 import dataclasses
 import os
@@ -31,15 +32,26 @@ class LoadedRun:
     return int(round(self.config.data.sample_rate * self.config.data.clip_seconds))
 
   @property
+  def uses_frames(self) -> bool:
+    return self.config.model.conditioning.kind != "features"
+
+  @property
+  def uses_text(self) -> bool:
+    cond = self.config.model.conditioning
+    return ((cond.kind == "clip_adapter" and "text" in cond.modalities)
+            or (cond.kind == "features" and cond.features_key == "text"))
+
+  @property
   def frames_per_clip(self) -> int:
     return max(1, int(round(self.config.data.clip_seconds * self.config.data.frames_per_second)))
 
 
 def load_run(run_dir: str, step: int | None = None) -> LoadedRun:
   config = checkpoint.load_config(run_dir)
-  if config.model.conditioning.kind == "features":
-    raise ValueError(f"{run_dir} conditions on precomputed features; highlighting raw frames needs a run whose "
-                     "model.conditioning encodes frames")
+  cond = config.model.conditioning
+  if cond.kind == "features" and cond.features_key != "text":
+    raise ValueError(f"{run_dir} conditions on precomputed {cond.features_key!r} features; highlighting raw frames "
+                     "needs a run whose model.conditioning encodes frames (or captions)")
   params = checkpoint.load_params(run_dir, step)
   model = Highlighter(config.model)
   return LoadedRun(config, params, jax.jit(make_predict_fn(model, config), static_argnums=2))
@@ -64,11 +76,25 @@ def window_starts(length: int, window: int, hop: int) -> list[int]:
   return starts + [length - window]
 
 
-def rebalance(run: LoadedRun, audio: np.ndarray, frames: np.ndarray, steps: int | None = None) -> np.ndarray:
-  """The rebalanced (L,) soundtrack for mono `audio` (L,) at the run's rate and `frames` (F, H, W, 3) at 1 fps."""
+def rebalance(run: LoadedRun, audio: np.ndarray, frames: np.ndarray | None, steps: int | None = None,
+              text: np.ndarray | None = None) -> np.ndarray:
+  """The rebalanced (L,) soundtrack for mono `audio` (L,) at the run's rate, `frames` (F, H, W, 3) at 1 fps (None
+  for a text-only run) and, for a caption-conditioned run, the caption's `text` features (text_tokens, text_dim)."""
   n = run.config.inference.num_steps
   if steps is not None and not 0 <= steps <= n:
     raise ValueError(f"--steps must be in [0, {n}] (the model integrates over {n} steps), got {steps}")
+  cond = run.config.model.conditioning
+  if run.uses_text:
+    expected = (cond.text_tokens, cond.text_dim if cond.kind == "clip_adapter" else run.config.model.latent.context_dim)
+    if text is None:
+      raise ValueError("this run is conditioned on a caption: give its T5 features (--caption and --text_encoder)")
+    if tuple(text.shape) != tuple(expected):
+      raise ValueError(f"caption features of shape {tuple(text.shape)}; this run expects {tuple(expected)} "
+                       "(model.conditioning.text_tokens, text width)")
+  elif text is not None:
+    raise ValueError("this run is not conditioned on captions; drop --caption")
+  if run.uses_frames and frames is None:
+    raise ValueError("this run is conditioned on the video's frames; none were given")
   window, fps = run.clip_length, run.config.data.frames_per_second
   hop = window * 3 // 4
   length = len(audio)
@@ -80,9 +106,12 @@ def rebalance(run: LoadedRun, audio: np.ndarray, frames: np.ndarray, steps: int 
   ramp[:fade] = np.linspace(0, 1, fade + 2, dtype=np.float32)[1:-1]
   ramp[-fade:] = ramp[:fade][::-1]
   for start in window_starts(len(padded), window, hop):
-    first = int(start / run.sample_rate * fps)
-    idx = np.clip(np.arange(first, first + run.frames_per_clip), 0, len(frames) - 1)
-    batch = {"x0": padded[None, start:start + window, None], "frames": frames[None, idx]}
+    batch = {"x0": padded[None, start:start + window, None]}
+    if run.uses_frames:
+      first = int(start / run.sample_rate * fps)
+      batch["frames"] = frames[None, np.clip(np.arange(first, first + run.frames_per_clip), 0, len(frames) - 1)]
+    if text is not None:
+      batch["text"] = np.asarray(text, np.float32)[None]
     pred, _ = run.predict(run.params, batch, steps)
     out[start:start + window] += ramp * np.asarray(pred)[0, :, 0]
     weight[start:start + window] += ramp

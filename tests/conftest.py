@@ -14,8 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "configs"))
 
 
-def tiny(config):
-  """Shrinks a toy config so a train step compiles and runs in seconds on 2 CPU cores."""
+def tiny(config, encoders: bool = False):
+  """Shrinks a toy config so a train step compiles and runs in seconds on 2 CPU cores.
+
+  Unless `encoders`, a CLIP / CLIP + CLAP conditioning is swapped for the tiny frame encoder: tests of the
+  trainer, checkpoints and sharding then compile in a fraction of the time; tests of the encoders pass True.
+  """
   config.batch_size = 2
   config.total_steps = 4
   config.log_every = 1
@@ -29,7 +33,12 @@ def tiny(config):
   config.eval.num_samples = 1
   config.model.channels = 4
   config.model.latent.depth = 1
-  config.model.latent.context_dim = 16
+  if config.model.conditioning.kind in ("clip", "clip_adapter") and not encoders:
+    config.model.conditioning.kind = "frames_tiny"
+  if config.model.conditioning.kind in ("clip", "clip_adapter"):
+    config.model.latent.context_dim = 24  # the tiny CLIP's projection width
+  else:
+    config.model.latent.context_dim = 16
   config.model.time_embed_dim = 16
   config.objective.num_steps = 2
   config.objective.horizon = 2

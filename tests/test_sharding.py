@@ -25,6 +25,7 @@ MICRO = {
     "data.clip_seconds": 0.25, "data.num_train_clips": 16, "data.num_eval_clips": 2, "data.image_size": 16,
     "eval.batch_size": 2, "eval.num_samples": 1, "model.channels": 4, "model.nfft": 64, "model.depth": 2,
     "model.dconv_lstm": 99, "model.dconv_attn": 99, "model.latent.depth": 1, "model.latent.context_dim": 16,
+    "model.conditioning.kind": "frames_tiny",
     "model.time_embed_dim": 16, "objective.rollout_weight": 0.0, "objective.num_steps": 2, "objective.horizon": 2,
     "inference.num_steps": 2, "optimizer.warmup_steps": 0, "mesh.fsdp_min_size": 64,
 }

@@ -186,3 +186,75 @@ def test_caption_files_are_found_per_layout(tmp_path):
   os.makedirs(tmp_path / "videos")
   (tmp_path / "videos" / "v.txt").write_text("a car engine\n")
   assert records.read_caption("video_stems", video, warn) == "a car engine"
+
+
+def _caption_run(workdir, row: str) -> str:
+  """A tiny run of Table 2 row `row` whose zero-initialized layers (λ_E, the latent output) are made non-zero, so
+  the caption reaches the output."""
+  import jax
+  import jax.numpy as jnp
+  import visah_fm
+  from avflow.models.highlighter import Highlighter
+  from avflow.train import checkpoint
+  from avflow.train.state import abstract_batch
+
+  config = tiny(visah_fm.get_config(f"toy_{row}"), encoders=True)
+  config.model.conditioning.update(text_dim=DIM, text_tokens=TOKENS)
+  batch = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract_batch(config, 1))
+  params = Highlighter(config.model).init(jax.random.PRNGKey(0), batch, jnp.zeros((1,)))["params"]
+  keys = iter(jax.random.split(jax.random.PRNGKey(1), len(jax.tree.leaves(params))))
+  params = jax.tree.map(lambda p: 0.3 * jax.random.normal(next(keys), p.shape) if not p.any() else p, params)
+  checkpoint.save_config(workdir, config)
+  ckpt = checkpoint.Checkpointer(workdir, async_save=False)
+  ckpt.save(0, {"step": np.int32(0), "params": params})
+  ckpt.close()
+  return str(workdir)
+
+
+def test_highlight_takes_a_caption_for_caption_conditioned_runs(t5, tmp_path):
+  """Rows V+T (adapter over CLIP) and T (caption features only): `highlight --caption --text_encoder` encodes the
+  caption and the output follows it; a missing caption, or one given to a run without text, is a clear error."""
+  from avflow.inference import load_run, rebalance
+  folder, _ = t5
+  sr = 8000
+  t = np.arange(int(2.5 * sr)) / sr
+  audio = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.1 * np.sin(2 * np.pi * 3100 * t)).astype(np.float32)
+  import soundfile as sf
+  from PIL import Image
+  sf.write(tmp_path / "in.wav", audio, sr, subtype="FLOAT")
+  frames_dir = tmp_path / "frames"
+  frames_dir.mkdir()
+  rng = np.random.default_rng(0)
+  for i in range(3):
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(frames_dir / f"{i:03d}.png")
+  encoder = TextEncoder(folder, TOKENS, DIM, device="cpu")
+  captions = ("a dog barks in the rain", "music plays while the crowd cheers")
+
+  def highlight(*args):
+    return subprocess.run([sys.executable, "-m", "avflow", "highlight", str(tmp_path / "in.wav"), *map(str, args)],
+                          capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO))
+
+  for row, frame_args in (("vt", [f"--frames={frames_dir}"]), ("t", [])):
+    workdir = _caption_run(tmp_path / row, row)
+    out = tmp_path / f"{row}.wav"
+    res = highlight(out, f"--workdir={workdir}", *frame_args, f"--caption={captions[0]}", f"--text_encoder={folder}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    written, _ = sf.read(out, dtype="float32")
+    run = load_run(workdir)
+    frames = np.stack([np.asarray(Image.open(frames_dir / f"{i:03d}.png")) for i in range(3)]) if frame_args else None
+    text = [encoder.encode_one(c) for c in captions]
+    same, other = (np.clip(rebalance(run, audio, frames, None, t), -1, 1) for t in text)
+    np.testing.assert_allclose(written, same, rtol=0, atol=1e-6, err_msg=row)  # the wav holds float32 samples
+    # Another caption, another remix: far further from the CLI's output than the same caption (at random weights
+    # the tiny U-Net barely reads its context, so the difference itself is small).
+    assert np.abs(written - other).max() > 10 * np.abs(written - same).max() + 1e-7, row
+
+    res = highlight(tmp_path / "x.wav", f"--workdir={workdir}", *frame_args)
+    assert res.returncode != 0 and "is conditioned on a caption: pass --caption" in res.stderr, res.stderr[-2000:]
+    res = highlight(tmp_path / "x.wav", f"--workdir={workdir}", *frame_args, "--caption=a dog",
+                    f"--text_encoder={tmp_path / 'no_such_t5'}")
+    assert res.returncode != 0 and "does not exist" in res.stderr, res.stderr[-2000:]
+
+  workdir = _caption_run(tmp_path / "va", "va")
+  res = highlight(tmp_path / "x.wav", f"--workdir={workdir}", f"--frames={frames_dir}", "--caption=a dog")
+  assert res.returncode != 0 and "not conditioned on captions; drop --caption" in res.stderr, res.stderr[-2000:]

@@ -154,10 +154,10 @@ def test_info_prints_the_public_visah_parameter_count():
 def test_the_paper_pipeline_clip_clap_adapter_trains_end_to_end(tmp_path):
   """`toy_va`: tiny CLIP + tiny CLAP on x0 + the adapter (the paper's V+A conditioning) through train and eval."""
   import visah_fm
-  config = tiny(visah_fm.get_config("toy_va"))
+  assert visah_fm.get_config("toy").to_json() == visah_fm.get_config("toy_va").to_json()  # the toy default
+  config = tiny(visah_fm.get_config("toy_va"), encoders=True)
   # Three steps: the first has lr 0 (warm-up), the second moves only the zero-initialized latent output layer.
   config.update(total_steps=3, eval_every=3, checkpoint_every=3)
-  config.model.latent.context_dim = 24  # the tiny CLIP's projection width
   state = train(config, str(tmp_path / "run"))
   model = Highlighter(config.model)
   batch = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract_batch(config, 2))

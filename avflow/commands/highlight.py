@@ -1,8 +1,10 @@
 """`python -m avflow highlight INPUT OUTPUT --workdir=RUN [--steps=k] [--frames=DIR]`.
 
 INPUT is a video (its audio track and its frames at 1 fps drive the model) or an audio file together with
-`--frames`, a directory of the video's frames at 1 fps. OUTPUT ending in `.wav` gets the rebalanced soundtrack;
-any other OUTPUT gets the input video with its picture stream unchanged and the new audio.
+`--frames`, a directory of the video's frames at 1 fps. OUTPUT ending in `.wav` gets the rebalanced soundtrack (32-bit float);
+any other OUTPUT gets the input video with its picture stream unchanged and the new audio. A run conditioned on
+captions (Table 2 rows V+T, V+T+A, T) also takes `--caption="..." --text_encoder=DIR`: the caption is encoded by
+the same local T5 encoder the training records were prepared with.
 """
 import os
 
@@ -18,12 +20,32 @@ flags.DEFINE_string("workdir", None, "Trained run directory (its config.json and
 flags.DEFINE_string("frames", None, "For an audio INPUT: the directory of the video's frames at 1 fps.")
 flags.DEFINE_integer("steps", None, "Stop after k of the N flow steps (how strong the remix); default: all N.")
 flags.DEFINE_integer("sample_rate", None, "Refuse to run unless the checkpoint was trained at this sample rate.")
+flags.DEFINE_string("caption", None, "For a caption-conditioned run: the clip's caption (one text for the whole clip).")
+flags.DEFINE_string("text_encoder", None, "For --caption: the local T5 encoder folder the records were prepared with.")
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff")
 
 
 def _fail(message: str):
   raise SystemExit(f"avflow highlight: {message}")
+
+
+def _caption_features(run, caption: str | None, encoder_dir: str | None) -> np.ndarray | None:
+  """The caption's T5 features (text_tokens, text_dim) for a caption-conditioned run, else None."""
+  if not run.uses_text:
+    if caption is not None:
+      _fail(f"the run in {flags.FLAGS.workdir} is not conditioned on captions; drop --caption")
+    return None
+  if caption is None or not encoder_dir:
+    _fail(f"the run in {flags.FLAGS.workdir} is conditioned on a caption: pass --caption=\"...\" and "
+          "--text_encoder=DIR (the local T5 folder its records were prepared with)")
+  from avflow.data.text_features import TextEncoder, TextEncoderError
+  cond = run.config.model.conditioning
+  width = cond.text_dim if cond.kind == "clip_adapter" else run.config.model.latent.context_dim
+  try:
+    return TextEncoder(encoder_dir, cond.text_tokens, width).encode_one(caption)
+  except TextEncoderError as e:
+    _fail(str(e))
 
 
 def main(argv):
@@ -39,17 +61,18 @@ def main(argv):
     _fail(str(e))
   if f.sample_rate and f.sample_rate != run.sample_rate:
     _fail(f"the checkpoint in {f.workdir} was trained at {run.sample_rate} Hz, not the requested {f.sample_rate} Hz")
+  text = _caption_features(run, f.caption, f.text_encoder)
   image_size = run.config.data.image_size
   is_audio = source.lower().endswith(AUDIO_SUFFIXES)
   if is_audio:
-    if not f.frames:
+    if not f.frames and run.uses_frames:
       _fail(f"{source} is an audio file: pass --frames=DIR with the video's frames at 1 fps")
     try:
       audio, sr = sf.read(source, dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as e:
       _fail(f"cannot read audio {source}: {e}")
     audio = mono_resample(audio.T, sr, run.sample_rate)
-    frames = load_frames(f.frames, image_size)
+    frames = load_frames(f.frames, image_size) if f.frames else None
   else:
     try:
       video = read_video(source, run.sample_rate, image_size, run.config.data.frames_per_second)
@@ -59,11 +82,11 @@ def main(argv):
     if f.frames:
       frames = load_frames(f.frames, image_size)
   try:
-    out = np.clip(rebalance(run, audio, frames, f.steps), -1.0, 1.0)
+    out = np.clip(rebalance(run, audio, frames, f.steps, text), -1.0, 1.0)
   except ValueError as e:
     _fail(str(e))
   if output.lower().endswith(".wav"):
-    sf.write(output, out, run.sample_rate)
+    sf.write(output, out, run.sample_rate, subtype="FLOAT")  # the model's samples, unquantized
   elif is_audio:
     _fail("an audio INPUT can only be written to a .wav OUTPUT")
   else:
