@@ -22,7 +22,7 @@ from torch import nn as tnn
 from avflow.models.hdemucs import HDemucsRemixer, unet_plan
 from avflow.models.presets import model_config
 from avflow.models.visah import VisAH
-from avflow.nn.demucs_layers import (BiLSTM, BLSTM, Conv, ConvTranspose, DConv, LocalState,
+from avflow.nn.demucs_layers import (BiLSTM, BLSTM, Conv, ConvTranspose, conv_as_matmuls, DConv, LocalState,
                                      ScaledEmbedding)
 from avflow.nn.stft import hybrid_ispec, hybrid_spec
 
@@ -585,3 +585,40 @@ def test_gradients_are_finite(toy):
   assert all(np.all(np.isfinite(np.asarray(g))) for g in leaves)
   assert np.abs(np.asarray(grads["model"]["encoder_0"]["conv"]["kernel"])).max() > 0
   assert np.abs(np.asarray(grads["model"]["latent_transformer"]["proj_out"]["kernel"])).max() > 0
+
+
+CONV_CASES = [  # x, kernel, strides, padding, dilation: every kind of convolution the U-Net uses
+    ((2, 37, 3), (8, 3, 5), (4,), ((2, 2),), 1),  # time-branch encoder: kernel 8, stride 4, padding 2
+    ((2, 33, 3), (8, 3, 5), (4,), ((0, 0),), 1),  # ... unpadded, a length that is not a multiple of the stride
+    ((2, 20, 4), (3, 4, 6), (1,), ((2, 2),), 2),  # DConv: kernel 3, dilation 2
+    ((2, 11, 3), (1, 3, 4), (1,), ((0, 0),), 1),  # 1x1
+    ((1, 30, 7, 3), (8, 1, 3, 4), (4, 1), ((2, 2), (0, 0)), 1),  # frequency-branch encoder: (8, 1), stride (4, 1)
+    ((1, 9, 6, 3), (3, 3, 3, 2), (1, 1), ((1, 1), (1, 1)), 1),  # decoder rewrite: 3x3, padding 1
+]
+
+
+@pytest.mark.parametrize("x_shape,k_shape,strides,padding,dilation", CONV_CASES)
+def test_conv_as_matmuls_equals_the_xla_convolution_and_its_gradients(x_shape, k_shape, strides, padding, dilation):
+  x = jax.random.normal(jax.random.key(0), x_shape)
+  kernel = jax.random.normal(jax.random.key(1), k_shape)
+  spec = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}[len(strides)]
+
+  def reference(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation=(dilation,) * len(strides),
+                                        dimension_numbers=spec, precision="highest")
+
+  def ours(x, kernel):
+    return conv_as_matmuls(x, kernel, strides, padding, dilation)
+
+  want, got = reference(x, kernel), ours(x, kernel)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  cotangent = jax.random.normal(jax.random.key(2), want.shape)
+  grads = [jax.grad(lambda x, k: jnp.sum(f(x, k) * cotangent), argnums=(0, 1))(x, kernel) for f in (reference, ours)]
+  for want_grad, got_grad in zip(*grads):
+    np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_as_matmuls_refuses_a_stride_that_does_not_divide_the_kernel():
+  with pytest.raises(ValueError, match="kernel 3 along spatial axis 0 is not a multiple of its stride 2"):
+    conv_as_matmuls(jnp.ones((1, 9, 2)), jnp.ones((3, 2, 2)), (2,), ((0, 0),))

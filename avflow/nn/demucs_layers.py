@@ -17,6 +17,7 @@ Initialisation follows PyTorch (uniform in `±1/sqrt(fan_in)` for convs, linears
 so that the `rescale` trick of demucs sees the same weight statistics: a conv built with
 `rescale=r` divides its weight and bias by `sqrt(std(weight) / r)` at init.
 """
+import functools
 import math
 from typing import Optional, Sequence, Tuple
 
@@ -25,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_DIMENSION_NUMBERS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}
 
 
 def torch_uniform(fan_in: int):
@@ -87,6 +87,79 @@ def _conv_params(module: nn.Module, kernel_shape: Tuple[int, ...], fan_in: int,
   return kernel, module.param("bias", bias_init, (features,))
 
 
+def _tap_slices(kernel_size: Sequence[int], dilation: int, out_size: Sequence[int]):
+  """For every kernel tap (multi-index j), the window `j·dilation : j·dilation + out` of each spatial axis."""
+  for tap in np.ndindex(*kernel_size):
+    yield tap, tuple(slice(j * dilation, j * dilation + o) for j, o in zip(tap, out_size))
+
+
+def _tap_out_size(x: jax.Array, kernel: jax.Array, dilation: int) -> Tuple[int, ...]:
+  ks = kernel.shape[:-2]
+  return tuple(n - dilation * (k - 1) for n, k in zip(x.shape[1:-1], ks))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _taps_conv(x: jax.Array, kernel: jax.Array, dilation: int) -> jax.Array:
+  """Stride-1, unpadded convolution as a sum of one matmul per kernel tap: `(N, *S, C) x (*K, C, O)`."""
+  out = _tap_out_size(x, kernel, dilation)
+  return sum(jnp.tensordot(x[(slice(None), *window)], kernel[tap], axes=1)
+             for tap, window in _tap_slices(kernel.shape[:-2], dilation, out))
+
+
+def _taps_conv_fwd(x, kernel, dilation):
+  return _taps_conv(x, kernel, dilation), (x, kernel)
+
+
+def _taps_conv_bwd(dilation, residuals, g):
+  """Only x and the kernel are kept: each tap's input window is sliced again here, and the input gradient is every
+  tap's `g · kernelᵀ` added back at its window (the matmul form of the transposed convolution)."""
+  x, kernel = residuals
+  out = g.shape[1:-1]
+  batch_axes = tuple(range(g.ndim - 1))
+  d_kernel = jnp.zeros_like(kernel)
+  d_x = jnp.zeros_like(x)
+  for tap, window in _tap_slices(kernel.shape[:-2], dilation, out):
+    index = (slice(None), *window)
+    d_kernel = d_kernel.at[tap].set(jnp.tensordot(x[index], g, axes=(batch_axes, batch_axes)))
+    d_x = d_x.at[index].add(jnp.tensordot(g, kernel[tap], axes=((g.ndim - 1,), (1,))))
+  return d_x, d_kernel
+
+
+_taps_conv.defvjp(_taps_conv_fwd, _taps_conv_bwd)
+
+
+def conv_as_matmuls(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Sequence[Tuple[int, int]],
+                    dilation: int = 1) -> jax.Array:
+  """`lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation)` for channels-last `x (N, *S, C)` and
+  `kernel (*K, C, O)`, computed with matmuls only.
+
+  A strided axis whose kernel is a multiple of its stride (every strided demucs conv: kernel 8, stride 4) is first
+  folded: its s phases move into the channels, leaving a stride-1 convolution with k/s taps over s·C channels. The
+  stride-1 convolution is then one matmul per tap, with a hand-written gradient that keeps only x and the kernel.
+  Same function; on XLA:CPU convolutions inside a `while` loop (the rollout's `lax.scan`) run ~10x slower than
+  outside, and strided convolutions' input gradients take a slow input-dilated path, while matmuls run fast in both.
+  """
+  nd = kernel.ndim - 2
+  x = jnp.pad(x, [(0, 0), *padding, (0, 0)])
+  for axis, (k, s) in enumerate(zip(kernel.shape[:nd], strides)):
+    if s == 1:
+      continue
+    if k % s or dilation != 1:
+      raise ValueError(f"conv_as_matmuls: kernel {k} along spatial axis {axis} is not a multiple of its stride {s}")
+    n_out = (x.shape[axis + 1] - k) // s + 1
+    blocks = n_out + k // s - 1
+    x = jnp.pad(x, [(0, 0)] * (axis + 1) + [(0, max(0, blocks * s - x.shape[axis + 1]))] + [(0, 0)] * (nd - axis))
+    x = jax.lax.slice_in_dim(x, 0, blocks * s, axis=axis + 1)
+    # (..., blocks·s, ..., C) -> (..., blocks, ..., s·C), channel index = phase·C + c.
+    x = x.reshape(*x.shape[:axis + 1], blocks, s, *x.shape[axis + 2:])
+    x = jnp.moveaxis(x, axis + 2, -2).reshape(*x.shape[:axis + 2], *x.shape[axis + 3:-1], s * x.shape[-1])
+    # (..., k, ..., C, O) -> (..., k/s, ..., s·C, O), the same phase-major channel order.
+    kernel = kernel.reshape(*kernel.shape[:axis], k // s, s, *kernel.shape[axis + 1:])
+    kernel = jnp.moveaxis(kernel, axis + 1, -3)
+    kernel = kernel.reshape(*kernel.shape[:-3], s * kernel.shape[-2], kernel.shape[-1])
+  return _taps_conv(x, kernel, dilation)
+
+
 class Conv(nn.Module):
   """`torch.nn.Conv1d` / `Conv2d` on `(N, spatial..., C)`; kernel `(spatial..., in, out)`.
 
@@ -109,10 +182,7 @@ class Conv(nn.Module):
     kernel, bias = _conv_params(
         self, (*self.kernel_size, cin, self.features), cin * math.prod(self.kernel_size),
         self.features, self.rescale, self.kernel_gain, self.bias_value)
-    y = jax.lax.conv_general_dilated(
-        x, kernel, window_strides=self.strides or (1,) * nd,
-        padding=self.padding or ((0, 0),) * nd, rhs_dilation=(self.dilation,) * nd,
-        dimension_numbers=_DIMENSION_NUMBERS[nd])
+    y = conv_as_matmuls(x, kernel, self.strides or (1,) * nd, self.padding or ((0, 0),) * nd, self.dilation)
     return y + bias
 
 
