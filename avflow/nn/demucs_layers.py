@@ -160,6 +160,21 @@ def conv_as_matmuls(x: jax.Array, kernel: jax.Array, strides: Sequence[int], pad
   return _taps_conv(x, kernel, dilation)
 
 
+def matmul_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                                dimension_numbers=None, feature_group_count=1, precision=None):
+  """`conv_as_matmuls` behind `lax.conv_general_dilated`'s signature, for `flax.linen.Conv(conv_general_dilated=)`
+  (channels-last, no input dilation or feature groups, the same dilation on every axis)."""
+  del dimension_numbers, precision  # flax passes channels-last numbers; matmuls run at the default precision
+  nd = rhs.ndim - 2
+  if any(d != 1 for d in lhs_dilation or ()) or feature_group_count != 1 or len(set(rhs_dilation or (1,))) != 1:
+    raise ValueError("matmul_conv_general_dilated: no input dilation, feature groups or per-axis dilation")
+  dilation = (rhs_dilation or (1,))[0]
+  if isinstance(padding, str):
+    padding = jax.lax.padtype_to_pads(lhs.shape[1:-1], [dilation * (k - 1) + 1 for k in rhs.shape[:nd]],
+                                      window_strides, padding)
+  return conv_as_matmuls(lhs, rhs, window_strides, padding, dilation)
+
+
 class Conv(nn.Module):
   """`torch.nn.Conv1d` / `Conv2d` on `(N, spatial..., C)`; kernel `(spatial..., in, out)`.
 
