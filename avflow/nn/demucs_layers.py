@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+_DIMENSION_NUMBERS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}
+
 
 
 def torch_uniform(fan_in: int):
@@ -136,8 +138,6 @@ def conv_as_matmuls(x: jax.Array, kernel: jax.Array, strides: Sequence[int], pad
   A strided axis whose kernel is a multiple of its stride (every strided demucs conv: kernel 8, stride 4) is first
   folded: its s phases move into the channels, leaving a stride-1 convolution with k/s taps over s·C channels. The
   stride-1 convolution is then one matmul per tap, with a hand-written gradient that keeps only x and the kernel.
-  Same function; on XLA:CPU convolutions inside a `while` loop (the rollout's `lax.scan`) run ~10x slower than
-  outside, and strided convolutions' input gradients take a slow input-dilated path, while matmuls run fast in both.
   """
   nd = kernel.ndim - 2
   x = jnp.pad(x, [(0, 0), *padding, (0, 0)])
@@ -160,9 +160,35 @@ def conv_as_matmuls(x: jax.Array, kernel: jax.Array, strides: Sequence[int], pad
   return _taps_conv(x, kernel, dilation)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def conv(x: jax.Array, kernel: jax.Array, strides: Tuple[int, ...], padding: Tuple[Tuple[int, int], ...],
+         dilation: int = 1) -> jax.Array:
+  """Channels-last convolution: XLA's own forward, the gradient of `conv_as_matmuls` backward.
+
+  The same function either way. XLA:CPU runs a convolution's forward well everywhere, but the convolutions of its
+  gradient (input-dilated for strided layers) ~10x slower inside a `while` loop, i.e. in the backward pass of the
+  rollout's `lax.scan`; as matmuls they run at full speed there. Only x and the kernel are kept for the backward.
+  """
+  return jax.lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation=(dilation,) * len(strides),
+                                      dimension_numbers=_DIMENSION_NUMBERS[len(strides)])
+
+
+def _conv_fwd(x, kernel, strides, padding, dilation):
+  return conv(x, kernel, strides, padding, dilation), (x, kernel)
+
+
+def _conv_bwd(strides, padding, dilation, residuals, g):
+  # The forward recomputed here is dead code (only its gradient is used) and XLA removes it.
+  _, pullback = jax.vjp(lambda x, k: conv_as_matmuls(x, k, strides, padding, dilation), *residuals)
+  return pullback(g)
+
+
+conv.defvjp(_conv_fwd, _conv_bwd)
+
+
 def matmul_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                                 dimension_numbers=None, feature_group_count=1, precision=None):
-  """`conv_as_matmuls` behind `lax.conv_general_dilated`'s signature, for `flax.linen.Conv(conv_general_dilated=)`
+  """`conv` behind `lax.conv_general_dilated`'s signature, for `flax.linen.Conv(conv_general_dilated=)`
   (channels-last, no input dilation or feature groups, the same dilation on every axis)."""
   del dimension_numbers, precision  # flax passes channels-last numbers; matmuls run at the default precision
   nd = rhs.ndim - 2
@@ -172,7 +198,7 @@ def matmul_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=
   if isinstance(padding, str):
     padding = jax.lax.padtype_to_pads(lhs.shape[1:-1], [dilation * (k - 1) + 1 for k in rhs.shape[:nd]],
                                       window_strides, padding)
-  return conv_as_matmuls(lhs, rhs, window_strides, padding, dilation)
+  return conv(lhs, rhs, tuple(window_strides), tuple(map(tuple, padding)), dilation)
 
 
 class Conv(nn.Module):
@@ -197,7 +223,8 @@ class Conv(nn.Module):
     kernel, bias = _conv_params(
         self, (*self.kernel_size, cin, self.features), cin * math.prod(self.kernel_size),
         self.features, self.rescale, self.kernel_gain, self.bias_value)
-    y = conv_as_matmuls(x, kernel, self.strides or (1,) * nd, self.padding or ((0, 0),) * nd, self.dilation)
+    y = conv(x, kernel, tuple(self.strides or (1,) * nd), tuple(map(tuple, self.padding or ((0, 0),) * nd)),
+             self.dilation)
     return y + bias
 
 
