@@ -625,6 +625,7 @@ def test_conv_and_conv_as_matmuls_equal_the_xla_convolution_and_its_gradients(x_
       np.testing.assert_allclose(got_grad, want_grad, rtol=1e-5, atol=1e-5)
 
 
-def test_conv_as_matmuls_refuses_a_stride_that_does_not_divide_the_kernel():
-  with pytest.raises(ValueError, match="kernel 3 along spatial axis 0 is not a multiple of its stride 2"):
-    conv_as_matmuls(jnp.ones((1, 9, 2)), jnp.ones((3, 2, 2)), (2,), ((0, 0),))
+def test_conv_refuses_a_stride_that_does_not_divide_the_kernel():
+  for f in (conv, conv_as_matmuls):
+    with pytest.raises(ValueError, match="kernel 3 along spatial axis 0 is not a multiple of its stride 2"):
+      f(jnp.ones((1, 9, 2)), jnp.ones((3, 2, 2)), (2,), ((0, 0),), 1)

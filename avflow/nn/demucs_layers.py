@@ -130,22 +130,24 @@ def _taps_conv_bwd(dilation, residuals, g):
 _taps_conv.defvjp(_taps_conv_fwd, _taps_conv_bwd)
 
 
-def conv_as_matmuls(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Sequence[Tuple[int, int]],
-                    dilation: int = 1) -> jax.Array:
-  """`lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation)` for channels-last `x (N, *S, C)` and
-  `kernel (*K, C, O)`, computed with matmuls only.
+def _check_foldable(kernel_size: Sequence[int], strides: Sequence[int], dilation: int) -> None:
+  for axis, (k, s) in enumerate(zip(kernel_size, strides)):
+    if s != 1 and (k % s or dilation != 1):
+      raise ValueError(f"conv: kernel {k} along spatial axis {axis} is not a multiple of its stride {s} (or the "
+                       "layer is both strided and dilated); its gradient cannot be folded into matmuls")
 
-  A strided axis whose kernel is a multiple of its stride (every strided demucs conv: kernel 8, stride 4) is first
-  folded: its s phases move into the channels, leaving a stride-1 convolution with k/s taps over s·C channels. The
-  stride-1 convolution is then one matmul per tap, with a hand-written gradient that keeps only x and the kernel.
-  """
+
+def _fold_strides(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Sequence[Tuple[int, int]],
+                  dilation: int) -> Tuple[jax.Array, jax.Array]:
+  """Pads x and folds every strided axis into the channels: the stride-1 convolution of the results equals the
+  strided one. A strided axis needs a kernel that is a multiple of its stride (every strided demucs conv: kernel 8,
+  stride 4 → 2 taps over 4·C channels)."""
   nd = kernel.ndim - 2
+  _check_foldable(kernel.shape[:nd], strides, dilation)
   x = jnp.pad(x, [(0, 0), *padding, (0, 0)])
   for axis, (k, s) in enumerate(zip(kernel.shape[:nd], strides)):
     if s == 1:
       continue
-    if k % s or dilation != 1:
-      raise ValueError(f"conv_as_matmuls: kernel {k} along spatial axis {axis} is not a multiple of its stride {s}")
     n_out = (x.shape[axis + 1] - k) // s + 1
     blocks = n_out + k // s - 1
     x = jnp.pad(x, [(0, 0)] * (axis + 1) + [(0, max(0, blocks * s - x.shape[axis + 1]))] + [(0, 0)] * (nd - axis))
@@ -157,7 +159,15 @@ def conv_as_matmuls(x: jax.Array, kernel: jax.Array, strides: Sequence[int], pad
     kernel = kernel.reshape(*kernel.shape[:axis], k // s, s, *kernel.shape[axis + 1:])
     kernel = jnp.moveaxis(kernel, axis + 1, -3)
     kernel = kernel.reshape(*kernel.shape[:-3], s * kernel.shape[-2], kernel.shape[-1])
-  return _taps_conv(x, kernel, dilation)
+  return x, kernel
+
+
+def conv_as_matmuls(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Sequence[Tuple[int, int]],
+                    dilation: int = 1) -> jax.Array:
+  """`lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation)` for channels-last `x (N, *S, C)` and
+  `kernel (*K, C, O)`, computed with matmuls only: strided axes folded into the channels, then one matmul per
+  kernel tap, with a hand-written gradient that keeps only x and the kernel."""
+  return _taps_conv(*_fold_strides(x, kernel, strides, padding, dilation), dilation)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -169,6 +179,7 @@ def conv(x: jax.Array, kernel: jax.Array, strides: Tuple[int, ...], padding: Tup
   gradient (input-dilated for strided layers) ~10x slower inside a `while` loop, i.e. in the backward pass of the
   rollout's `lax.scan`; as matmuls they run at full speed there. Only x and the kernel are kept for the backward.
   """
+  _check_foldable(kernel.shape[:-2], strides, dilation)
   return jax.lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation=(dilation,) * len(strides),
                                       dimension_numbers=_DIMENSION_NUMBERS[len(strides)])
 
@@ -178,9 +189,8 @@ def _conv_fwd(x, kernel, strides, padding, dilation):
 
 
 def _conv_bwd(strides, padding, dilation, residuals, g):
-  # The forward recomputed here is dead code (only its gradient is used) and XLA removes it.
-  _, pullback = jax.vjp(lambda x, k: conv_as_matmuls(x, k, strides, padding, dilation), *residuals)
-  return pullback(g)
+  folded, unfold = jax.vjp(lambda x, k: _fold_strides(x, k, strides, padding, dilation), *residuals)
+  return unfold(_taps_conv_bwd(dilation, folded, g))
 
 
 conv.defvjp(_conv_fwd, _conv_bwd)
