@@ -38,3 +38,22 @@ def test_memory_and_time_figures():
 def test_table_flattens_nested_figures():
   assert table({"x": 1, "steps": {"fm": {"step_s": 0.123456}}}) == [
       f"{'x':<44} 1", f"{'steps.fm.step_s':<44} 0.1235"]
+
+
+def test_the_conv_layers_gradient_costs_two_forward_passes_of_matmuls():
+  """`demucs_layers.conv`: XLA's forward, the tap matmuls backward, counted once each (no dead forward)."""
+  from avflow.nn.demucs_layers import conv
+  x, k = jnp.ones((1, 34, 3)), jnp.ones((8, 3, 5))
+  out = (34 + 2 * 2 - 8) // 4 + 1
+  forward = 2 * out * 5 * (8 * 3)
+  layer = lambda x, k: jnp.sum(conv(x, k, (4,), ((2, 2),), 1))  # noqa: E731
+  assert bench.matmul_flops(jax.make_jaxpr(layer)(x, k).jaxpr) == forward
+  assert bench.matmul_flops(jax.make_jaxpr(jax.grad(layer, argnums=(0, 1)))(x, k).jaxpr) == 3 * forward
+
+
+def test_data_rate_per_worker_count(tiny_fm_config):
+  data = tiny_fm_config.data
+  rates = bench.bench_data(data, batch_size=2, workers=(0, 1), warmup_examples=4, examples=8)
+  assert set(rates) == {"workers_0", "workers_1"}
+  for figures in rates.values():
+    assert figures["examples_per_s"] > 0 and figures["first_batch_s"] > 0

@@ -62,9 +62,12 @@ def main(argv):
     workers = [int(w) for w in f.workers]
     paper = config.data.copy_and_resolve_references()
     paper.update(sample_rate=44100, clip_seconds=10.0)
+    step = bench.bench_step(config, batch_size, f.repeats)
     figures = {"batch_size": batch_size,
                "config_shape": bench.bench_data(config.data, batch_size, workers),
-               "44k_10s": bench.bench_data(paper, batch_size, workers)}
+               "44k_10s": bench.bench_data(paper, batch_size, workers),
+               # What the config's train step consumes, for comparison with the pipeline's rates.
+               "trainer": {"step_s": step["step_s"], "examples_per_s": batch_size / step["step_s"]}}
   figures = {"what": f.what, "config": config_flags.get_config_filename(f["config"]),
              "overrides": config_flags.get_override_values(f["config"]), **figures, "machine": bench.machine()}
   print("\n".join(table(figures)))

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 import grain
 import numpy as np
+from absl import flags
 
 from avflow.data import remix as remix_lib
 
@@ -70,6 +71,8 @@ def make_dataset(source: ClipSource, data_cfg, *, batch_size: int, seed: int, tr
   ds = ds.batch(batch_size // process_count, drop_remainder=train)
   ids = ds.to_iter_dataset()
   if data_cfg.get("worker_count", 0) > 0:
+    if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags: outside an absl app, use their defaults
+      flags.FLAGS.mark_as_parsed()
     ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.worker_count))
   return ids
 
