@@ -25,7 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.batch_size=2", "--config.log_every=1", "--config.data.clip_seconds=1.0",
         "--config.data.num_train_clips=16", "--config.data.num_eval_clips=2", "--config.data.image_size=16",
         "--config.eval.batch_size=2", "--config.eval.num_samples=1", "--config.model.channels=4",
-        "--config.model.latent.depth=1", "--config.model.latent.context_dim=16", "--config.model.time_embed_dim=16",
+        "--config.model.latent.depth=1", "--config.model.conditioning.kind=frames_tiny",
+        "--config.model.latent.context_dim=16", "--config.model.time_embed_dim=16",
         "--config.objective.num_steps=2", "--config.objective.horizon=2", "--config.inference.num_steps=2"]
 
 
