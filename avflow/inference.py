@@ -42,6 +42,12 @@ class LoadedRun:
             or (cond.kind == "features" and cond.features_key == "text"))
 
   @property
+  def text_shape(self) -> tuple[int, int]:
+    """(text_tokens, width) of a caption's features: T5's width through the adapter, the context width alone."""
+    cond = self.config.model.conditioning
+    return cond.text_tokens, cond.text_dim if cond.kind == "clip_adapter" else self.config.model.latent.context_dim
+
+  @property
   def frames_per_clip(self) -> int:
     return max(1, int(round(self.config.data.clip_seconds * self.config.data.frames_per_second)))
 
@@ -83,14 +89,13 @@ def rebalance(run: LoadedRun, audio: np.ndarray, frames: np.ndarray | None, step
   n = run.config.inference.num_steps
   if steps is not None and not 0 <= steps <= n:
     raise ValueError(f"--steps must be in [0, {n}] (the model integrates over {n} steps), got {steps}")
-  cond = run.config.model.conditioning
   if run.uses_text:
-    expected = (cond.text_tokens, cond.text_dim if cond.kind == "clip_adapter" else run.config.model.latent.context_dim)
     if text is None:
       raise ValueError("this run is conditioned on a caption: give its T5 features (--caption and --text_encoder)")
-    if tuple(text.shape) != tuple(expected):
-      raise ValueError(f"caption features of shape {tuple(text.shape)}; this run expects {tuple(expected)} "
+    if tuple(text.shape) != run.text_shape:
+      raise ValueError(f"caption features of shape {tuple(text.shape)}; this run expects {run.text_shape} "
                        "(model.conditioning.text_tokens, text width)")
+    text = np.asarray(text, np.float32)[None]
   elif text is not None:
     raise ValueError("this run is not conditioned on captions; drop --caption")
   if run.uses_frames and frames is None:
@@ -111,7 +116,7 @@ def rebalance(run: LoadedRun, audio: np.ndarray, frames: np.ndarray | None, step
       first = int(start / run.sample_rate * fps)
       batch["frames"] = frames[None, np.clip(np.arange(first, first + run.frames_per_clip), 0, len(frames) - 1)]
     if text is not None:
-      batch["text"] = np.asarray(text, np.float32)[None]
+      batch["text"] = text
     pred, _ = run.predict(run.params, batch, steps)
     out[start:start + window] += ramp * np.asarray(pred)[0, :, 0]
     weight[start:start + window] += ramp

@@ -1,10 +1,10 @@
 """`python -m avflow highlight INPUT OUTPUT --workdir=RUN [--steps=k] [--frames=DIR]`.
 
 INPUT is a video (its audio track and its frames at 1 fps drive the model) or an audio file together with
-`--frames`, a directory of the video's frames at 1 fps. OUTPUT ending in `.wav` gets the rebalanced soundtrack (32-bit float);
-any other OUTPUT gets the input video with its picture stream unchanged and the new audio. A run conditioned on
-captions (Table 2 rows V+T, V+T+A, T) also takes `--caption="..." --text_encoder=DIR`: the caption is encoded by
-the same local T5 encoder the training records were prepared with.
+`--frames`, a directory of the video's frames at 1 fps. OUTPUT ending in `.wav` gets the rebalanced soundtrack
+(32-bit float); any other OUTPUT gets the input video with its picture stream unchanged and the new audio. A run
+conditioned on captions (Table 2 rows V+T, V+T+A, T) also takes `--caption="..." --text_encoder=DIR`: the caption
+is encoded by the same local T5 encoder the training records were prepared with.
 """
 import os
 
@@ -40,10 +40,8 @@ def _caption_features(run, caption: str | None, encoder_dir: str | None) -> np.n
     _fail(f"the run in {flags.FLAGS.workdir} is conditioned on a caption: pass --caption=\"...\" and "
           "--text_encoder=DIR (the local T5 folder its records were prepared with)")
   from avflow.data.text_features import TextEncoder, TextEncoderError
-  cond = run.config.model.conditioning
-  width = cond.text_dim if cond.kind == "clip_adapter" else run.config.model.latent.context_dim
   try:
-    return TextEncoder(encoder_dir, cond.text_tokens, width).encode_one(caption)
+    return TextEncoder(encoder_dir, *run.text_shape).encode_one(caption)
   except TextEncoderError as e:
     _fail(str(e))
 

@@ -60,7 +60,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from avflow.nn.attention import Attention, GEGLUFeedForward, MultiheadAttention
-from avflow.nn.demucs_layers import matmul_conv_general_dilated
+from avflow.nn.demucs_layers import flax_conv
 from avflow.nn.embeddings import sinusoidal_positions
 
 CONTEXT_ATTENTION_MODES = ("frames", "legacy_batch_axis")
@@ -120,14 +120,14 @@ class AVLatentTransformer(nn.Module):
     inner = cfg.n_heads * cfg.d_head
     self.norm = nn.GroupNorm(num_groups=math.gcd(32, self.in_channels), epsilon=1e-6,
                              use_fast_variance=False)
-    self.proj_in = nn.Conv(inner, kernel_size=(1,), conv_general_dilated=matmul_conv_general_dilated)
+    self.proj_in = nn.Conv(inner, kernel_size=(1,), conv_general_dilated=flax_conv)
     self.context_proj = nn.Dense(inner)
     self.context_encoder_layers = [
         ContextEncoderLayer(cfg.context_heads, cfg.context_ff, cfg.context_attention)
         for _ in range(cfg.context_layers)]
     self.transformer_blocks = [
         BasicTransformerBlock(cfg.n_heads, cfg.d_head) for _ in range(cfg.depth)]
-    self.proj_out = nn.Conv(self.in_channels, kernel_size=(1,), conv_general_dilated=matmul_conv_general_dilated,
+    self.proj_out = nn.Conv(self.in_channels, kernel_size=(1,), conv_general_dilated=flax_conv,
                             kernel_init=nn.initializers.zeros_init(),
                             bias_init=nn.initializers.zeros_init())
 

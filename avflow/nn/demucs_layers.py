@@ -29,7 +29,6 @@ import numpy as np
 _DIMENSION_NUMBERS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}
 
 
-
 def torch_uniform(fan_in: int):
   """PyTorch's default init for conv / linear weights and biases: U(±1/sqrt(fan_in))."""
   bound = 1.0 / math.sqrt(fan_in)
@@ -95,27 +94,10 @@ def _tap_slices(kernel_size: Sequence[int], dilation: int, out_size: Sequence[in
     yield tap, tuple(slice(j * dilation, j * dilation + o) for j, o in zip(tap, out_size))
 
 
-def _tap_out_size(x: jax.Array, kernel: jax.Array, dilation: int) -> Tuple[int, ...]:
-  ks = kernel.shape[:-2]
-  return tuple(n - dilation * (k - 1) for n, k in zip(x.shape[1:-1], ks))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _taps_conv(x: jax.Array, kernel: jax.Array, dilation: int) -> jax.Array:
-  """Stride-1, unpadded convolution as a sum of one matmul per kernel tap: `(N, *S, C) x (*K, C, O)`."""
-  out = _tap_out_size(x, kernel, dilation)
-  return sum(jnp.tensordot(x[(slice(None), *window)], kernel[tap], axes=1)
-             for tap, window in _tap_slices(kernel.shape[:-2], dilation, out))
-
-
-def _taps_conv_fwd(x, kernel, dilation):
-  return _taps_conv(x, kernel, dilation), (x, kernel)
-
-
-def _taps_conv_bwd(dilation, residuals, g):
-  """Only x and the kernel are kept: each tap's input window is sliced again here, and the input gradient is every
-  tap's `g · kernelᵀ` added back at its window (the matmul form of the transposed convolution)."""
-  x, kernel = residuals
+def _taps_conv_grads(x: jax.Array, kernel: jax.Array, dilation: int, g: jax.Array) -> Tuple[jax.Array, jax.Array]:
+  """Gradients of a stride-1, unpadded convolution `(N, *S, C) x (*K, C, O)` for the output cotangent g, as one
+  pair of matmuls per kernel tap: the kernel's from the tap's input window, the input's as `g · kernelᵀ` added back
+  at that window (the matmul form of the transposed convolution)."""
   out = g.shape[1:-1]
   batch_axes = tuple(range(g.ndim - 1))
   d_kernel = jnp.zeros_like(kernel)
@@ -125,9 +107,6 @@ def _taps_conv_bwd(dilation, residuals, g):
     d_kernel = d_kernel.at[tap].set(jnp.tensordot(x[index], g, axes=(batch_axes, batch_axes)))
     d_x = d_x.at[index].add(jnp.tensordot(g, kernel[tap], axes=((g.ndim - 1,), (1,))))
   return d_x, d_kernel
-
-
-_taps_conv.defvjp(_taps_conv_fwd, _taps_conv_bwd)
 
 
 def _check_foldable(kernel_size: Sequence[int], strides: Sequence[int], dilation: int) -> None:
@@ -140,10 +119,9 @@ def _check_foldable(kernel_size: Sequence[int], strides: Sequence[int], dilation
 def _fold_strides(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Sequence[Tuple[int, int]],
                   dilation: int) -> Tuple[jax.Array, jax.Array]:
   """Pads x and folds every strided axis into the channels: the stride-1 convolution of the results equals the
-  strided one. A strided axis needs a kernel that is a multiple of its stride (every strided demucs conv: kernel 8,
-  stride 4 → 2 taps over 4·C channels)."""
+  strided one. A strided axis needs a kernel that is a multiple of its stride (`_check_foldable`; every strided
+  demucs conv: kernel 8, stride 4 → 2 taps over 4·C channels)."""
   nd = kernel.ndim - 2
-  _check_foldable(kernel.shape[:nd], strides, dilation)
   x = jnp.pad(x, [(0, 0), *padding, (0, 0)])
   for axis, (k, s) in enumerate(zip(kernel.shape[:nd], strides)):
     if s == 1:
@@ -162,22 +140,15 @@ def _fold_strides(x: jax.Array, kernel: jax.Array, strides: Sequence[int], paddi
   return x, kernel
 
 
-def conv_as_matmuls(x: jax.Array, kernel: jax.Array, strides: Sequence[int], padding: Sequence[Tuple[int, int]],
-                    dilation: int = 1) -> jax.Array:
-  """`lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation)` for channels-last `x (N, *S, C)` and
-  `kernel (*K, C, O)`, computed with matmuls only: strided axes folded into the channels, then one matmul per
-  kernel tap, with a hand-written gradient that keeps only x and the kernel."""
-  return _taps_conv(*_fold_strides(x, kernel, strides, padding, dilation), dilation)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv(x: jax.Array, kernel: jax.Array, strides: Tuple[int, ...], padding: Tuple[Tuple[int, int], ...],
          dilation: int = 1) -> jax.Array:
-  """Channels-last convolution: XLA's own forward, the gradient of `conv_as_matmuls` backward.
+  """`lax.conv_general_dilated` for channels-last `x (N, *S, C)` and `kernel (*K, C, O)`: XLA's own forward, the
+  gradient as matmuls (strided axes folded into the channels, then one matmul pair per kernel tap).
 
-  The same function either way. XLA:CPU runs a convolution's forward well everywhere, but the convolutions of its
-  gradient (input-dilated for strided layers) ~10x slower inside a `while` loop, i.e. in the backward pass of the
-  rollout's `lax.scan`; as matmuls they run at full speed there. Only x and the kernel are kept for the backward.
+  XLA:CPU runs a convolution's forward well everywhere, but the convolutions of its gradient (input-dilated for
+  strided layers) ~10x slower inside a `while` loop, i.e. in the backward pass of the rollout's `lax.scan`; as
+  matmuls they run at full speed there. Only x and the kernel are kept for the backward.
   """
   _check_foldable(kernel.shape[:-2], strides, dilation)
   return jax.lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation=(dilation,) * len(strides),
@@ -189,21 +160,21 @@ def _conv_fwd(x, kernel, strides, padding, dilation):
 
 
 def _conv_bwd(strides, padding, dilation, residuals, g):
-  folded, unfold = jax.vjp(lambda x, k: _fold_strides(x, k, strides, padding, dilation), *residuals)
-  return unfold(_taps_conv_bwd(dilation, folded, g))
+  (x, kernel), unfold = jax.vjp(lambda x, k: _fold_strides(x, k, strides, padding, dilation), *residuals)
+  return unfold(_taps_conv_grads(x, kernel, dilation, g))
 
 
 conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def matmul_conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                                dimension_numbers=None, feature_group_count=1, precision=None):
+def flax_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+              feature_group_count=1, precision=None):
   """`conv` behind `lax.conv_general_dilated`'s signature, for `flax.linen.Conv(conv_general_dilated=)`
   (channels-last, no input dilation or feature groups, the same dilation on every axis)."""
-  del dimension_numbers, precision  # flax passes channels-last numbers; matmuls run at the default precision
+  del dimension_numbers, precision  # flax passes channels-last numbers; the default precision is used
   nd = rhs.ndim - 2
   if any(d != 1 for d in lhs_dilation or ()) or feature_group_count != 1 or len(set(rhs_dilation or (1,))) != 1:
-    raise ValueError("matmul_conv_general_dilated: no input dilation, feature groups or per-axis dilation")
+    raise ValueError("flax_conv: no input dilation, feature groups or per-axis dilation")
   dilation = (rhs_dilation or (1,))[0]
   if isinstance(padding, str):
     padding = jax.lax.padtype_to_pads(lhs.shape[1:-1], [dilation * (k - 1) + 1 for k in rhs.shape[:nd]],
