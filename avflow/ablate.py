@@ -1,10 +1,14 @@
 """Reproduce a table of the paper: train and evaluate every row on the same data and seeds, print ours beside theirs.
 
-Rows that differ only in inference settings (Table 8: the rollout-only model integrated with 1–4 steps) share one
-training run. Our numbers are raw metric values scaled for display as the paper's tables are (×100 except LDif);
+A row × seed is trained once: before training, the runs root is searched for a finished run of the same training
+config and seed, from this table or another (Table 8's rows differ only in inference steps and share one run;
+Table 7's warm-start rows are Table 3's first two). Our numbers are raw metric values scaled for display as the paper's tables are (×100 except LDif);
 IB and KLD need a PaSST / ImageBind model and are left empty where none is configured.
 """
+import ast
 import dataclasses
+import glob
+import importlib.util
 import json
 import os
 import shlex
@@ -22,6 +26,7 @@ from avflow.train.evaluate import evaluate
 from avflow.train.loop import train
 from avflow.train.step import make_predict_fn
 
+TRAIN_TIME_FILE = "train_time.json"
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
@@ -50,12 +55,39 @@ def table_rows(table: str, scale: str) -> list[Row]:
   return rows
 
 
-def load_config(row: Row):
-  import importlib.util
+def parse_overrides(items: list[str]) -> dict:
+  """["a.b=1e-3", "c=frames_tiny"] → {"a.b": 0.001, "c": "frames_tiny"}: Python literals, anything else a string."""
+  overrides = {}
+  for item in items:
+    name, sep, text = item.partition("=")
+    if not sep or not name:
+      raise ValueError(f"override {item!r}: expected a.b=value")
+    try:
+      overrides[name] = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      overrides[name] = text
+  return overrides
+
+
+def load_config(row: Row, overrides: dict | None = None):
+  """The row's config variant with `overrides` ({"a.b": value}) applied on top, e.g. a smaller model for every row."""
   spec = importlib.util.spec_from_file_location(row.config_file[:-3], os.path.join(CONFIG_DIR, row.config_file))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(row.variant)
+  config = module.get_config(row.variant)
+  for name, value in (overrides or {}).items():
+    *parents, leaf = name.split(".")
+    node = config
+    try:
+      for part in parents:
+        node = node[part]
+      if leaf not in node:
+        raise KeyError(leaf)
+      node[leaf] = value
+    except (KeyError, TypeError) as e:
+      raise ValueError(f"override {name}={value!r} does not apply to {row.config_file}:{row.variant}: "
+                       f"{'no such field ' if isinstance(e, KeyError) else ''}{e}") from e
+  return config
 
 
 def _training_key(config) -> str:
@@ -65,45 +97,79 @@ def _training_key(config) -> str:
   return c.to_json(sort_keys=True)
 
 
-def launch_commands(table: str, scale: str, seeds: list[int], root: str) -> list[str]:
+def _workdir(root: str, table: str, scale: str, row: Row, seed: int) -> str:
+  return os.path.join(root, f"table{table}_{scale}", row.variant, f"seed{seed}")
+
+
+def launch_commands(table: str, scale: str, seeds: list[int], root: str, overrides: dict | None = None) -> list[str]:
   """The `python -m avflow train` command of every row and seed (for a cluster: see launch/ablate_sweep.sh)."""
   out = []
   for row in table_rows(table, scale):
     for seed in seeds:
-      workdir = os.path.join(root, f"table{table}_{scale}", row.variant, f"seed{seed}")
+      workdir = _workdir(root, table, scale, row, seed)
       out.append(" ".join(["python", "-m", "avflow", "train",
                            shlex.quote(f"--config=configs/{row.config_file}:{row.variant}"),
+                           *(shlex.quote(f"--config.{k}={v}") for k, v in (overrides or {}).items()),
                            f"--config.seed={seed}", shlex.quote(f"--workdir={workdir}")]))
   return out
 
 
-def run_table(table: str, scale: str, seeds: list[int], root: str, total_steps: int | None = None) -> dict:
-  """Trains (or reuses) every row × seed and returns {row: {seed: eval report}} plus wall times."""
-  results, trained, wall = {}, {}, {}
+def _finished_run(root: str, config) -> str | None:
+  """A run under `root` (any table, any row) that trained `config` (same training key, same seed) to the end."""
+  key = _training_key(config)
+  for path in sorted(glob.glob(os.path.join(root, "*", "*", f"seed{config.seed}", checkpoint.CONFIG_FILE))):
+    workdir = os.path.dirname(path)
+    if _training_key(checkpoint.load_config(workdir)) == key and \
+        checkpoint.Checkpointer(workdir).latest_step() == config.total_steps:
+      return workdir
+  return None
+
+
+def _train_seconds(workdir: str, add: float = 0.0) -> float | None:
+  """Training wall time stored with a run (summed over resumes); `add` records more."""
+  path = os.path.join(workdir, TRAIN_TIME_FILE)
+  spent = json.load(open(path))["train_s"] if os.path.exists(path) else None
+  if add:
+    spent = (spent or 0.0) + add
+    with open(path, "w") as f:
+      json.dump({"train_s": spent}, f)
+  return spent
+
+
+def run_table(table: str, scale: str, seeds: list[int], root: str, total_steps: int | None = None,
+              overrides: dict | None = None) -> dict:
+  """Trains (or reuses) every row × seed; returns {row: {seed: eval report}}, wall times and which run each used."""
+  results, wall, runs = {}, {}, {}
   for row in table_rows(table, scale):
-    config = load_config(row)
+    config = load_config(row, overrides)
     if total_steps is not None:
       config.total_steps = total_steps
       config.eval_every = config.checkpoint_every = total_steps
     results[row.key] = {}
     for seed in seeds:
       config.seed = seed
-      key = (_training_key(config), seed)
-      start = time.time()
-      if key not in trained:
-        workdir = os.path.join(root, f"table{table}_{scale}", row.variant, f"seed{seed}")
+      workdir = _finished_run(root, config)
+      reused = workdir is not None
+      if not reused:
+        workdir = _workdir(root, table, scale, row, seed)
         resume = checkpoint.Checkpointer(workdir).latest_step() is not None
+        if resume and _training_key(checkpoint.load_config(workdir)) != _training_key(config):
+          raise ValueError(f"{workdir} holds an unfinished run of another config than row {row.label!r}, seed "
+                           f"{seed} now has (other overrides or code defaults?): remove it or pick another runs root")
+        start = time.time()
         train(config, workdir, resume=resume)
-        trained[key] = workdir
-      workdir = trained[key]
+        _train_seconds(workdir, add=time.time() - start)
+      start = time.time()
       report_dir = os.path.join(workdir, f"eval_{row.variant}")
       os.makedirs(report_dir, exist_ok=True)
       predict = jax.jit(make_predict_fn(Highlighter(config.model), config))
       report = evaluate(predict, checkpoint.load_params(workdir), make_source(config.data, "val"), config,
                         report_dir, config.total_steps)
       results[row.key][seed] = report
-      wall[f"{row.key}/{seed}"] = time.time() - start
-  return {"results": results, "wall_s": wall}
+      wall[f"{row.key}/{seed}"] = {"train_s": _train_seconds(workdir), "eval_s": time.time() - start,
+                                   "reused": reused}
+      runs[f"{row.key}/{seed}"] = workdir
+  return {"results": results, "wall_s": wall, "runs": runs}
 
 
 def _mean_std(values):
@@ -113,8 +179,9 @@ def _mean_std(values):
   return float(np.mean(values)), float(np.std(values))
 
 
-def summarize(table: str, scale: str, seeds: list[int], run: dict) -> dict:
-  """Per row: our display-scaled metrics (mean, std over seeds), trajectory drift, and the paper's row."""
+def summarize(table: str, scale: str, seeds: list[int], run: dict, root: str) -> dict:
+  """Per row: our display-scaled metrics (mean, std over seeds; LDif per seed), trajectory drift, the paper's row,
+  and the run (relative to the runs `root`) each seed was evaluated from."""
   rows = {}
   for row in table_rows(table, scale):
     reports = run["results"][row.key]
@@ -124,6 +191,8 @@ def summarize(table: str, scale: str, seeds: list[int], run: dict) -> dict:
     cosine = [r["trajectory"]["waveform"]["cosine"] for r in reports.values() if "trajectory" in r]
     rows[row.key] = {
         "label": row.label, "config": f"configs/{row.config_file}:{row.variant}", "ours": ours,
+        "ldif_per_seed": {seed: paper_display(r["prediction"])["ldif"] for seed, r in reports.items()},
+        "runs": {seed: os.path.relpath(run["runs"][f"{row.key}/{seed}"], root) for seed in reports},
         "input": {m: _mean_std([paper_display(r["input"])[m] for r in reports.values()])[0]
                   for m in ("ldif", "mag", "env", "was")},
         "cosine_per_step": np.mean(cosine, axis=0).tolist() if cosine else None,
@@ -141,25 +210,38 @@ def _fmt(value, std=None):
   return f"{value:.2f}" if std is None else f"{value:.2f} ± {std:.2f}"
 
 
+def _wall_line(wall: dict) -> str:
+  trained = [w["train_s"] for w in wall.values() if not w["reused"]]
+  reused = [k for k, w in wall.items() if w["reused"]]
+  minutes = lambda v: "?" if v is None else f"{v / 60:.1f}"  # noqa: E731
+  return (f"Wall time: {sum(trained) / 60:.1f} min training {len(trained)} run{'s' * (len(trained) != 1)} here, "
+          f"{sum(w['eval_s'] for w in wall.values()) / 60:.1f} min evaluating"
+          + (f"; {len(reused)} of the row/seed evaluations reused a finished run" if reused else "")
+          + ". Per row/seed, training + evaluation minutes (r: a reused run, its stored training time): "
+          + ", ".join(f"{k} {minutes(w['train_s'])}{' r' if w['reused'] else ''} + {minutes(w['eval_s'])}"
+                      for k, w in wall.items()) + ".")
+
+
 def markdown(summary: dict) -> str:
   s = summary
   lines = [f"# Table {s['table']} at `{s['scale']}` scale: {s['title']}", "",
            f"Seeds: {s['seeds']}. Ours: mean ± std over seeds, display-scaled like the paper (×100 except LDif); "
            "IB/KLD need PaSST/ImageBind and are not computed here. Paper: the published numbers "
            "(paper scale, Muddy Mix), for reference only — the scales differ.", "",
-           "| row | config | LDif ours | Mag ours | Env ours | Was ours | cos(v̂, v) per step | curvature "
+           "| row | config | LDif ours | LDif per seed | Mag ours | Env ours | Was ours | cos(v̂, v) per step | curvature "
            "| IB paper | KLD paper | LDif paper | Mag paper | Env paper | Was paper |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in s["rows"].values():
     o = r["ours"]
     cos = "—" if r["cosine_per_step"] is None else " / ".join(f"{c:.3f}" for c in r["cosine_per_step"])
     curv = "—" if r["curvature"] is None else f"{r['curvature']:.3f}"
-    lines.append(f"| {r['label']} | `{r['config']}` | " + " | ".join(_fmt(*o[m]) for m in ("ldif", "mag", "env", "was"))
+    per_seed = " / ".join(_fmt(v) for v in r["ldif_per_seed"].values())
+    lines.append(f"| {r['label']} | `{r['config']}` | {_fmt(*o['ldif'])} | {per_seed} | "
+                 + " | ".join(_fmt(*o[m]) for m in ("mag", "env", "was"))
                  + f" | {cos} | {curv} | " + " | ".join(_fmt(r["paper"][m]) for m in METRICS) + " |")
   first = next(iter(s["rows"].values()))["input"]
   lines += ["", "Input (unprocessed x0): " + ", ".join(f"{m} {_fmt(first[m])}" for m in ("ldif", "mag", "env", "was")),
-            "", f"Wall time: {sum(s['wall_s'].values()) / 60:.1f} min in all "
-            + "(" + ", ".join(f"{k} {v / 60:.1f}" for k, v in s["wall_s"].items()) + ")."]
+            "", _wall_line(s["wall_s"])]
   return "\n".join(lines) + "\n"
 
 

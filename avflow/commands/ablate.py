@@ -1,4 +1,4 @@
-"""`python -m avflow ablate --table=3 --scale=toy [--seeds=0,1] [--total_steps=N]`: one paper table, end to end.
+"""`python -m avflow ablate --table=3 --scale=toy [--seeds=0,1] [--total_steps=N] [--set=a.b=v ...]`: one paper table.
 
 At `toy` (and `small`) scale every row is trained and evaluated here and `docs/results/table<T>_<scale>.md/.json`
 are written; at `paper` scale the per-row training commands are printed for a cluster (`launch/ablate_sweep.sh`).
@@ -12,6 +12,8 @@ flags.DEFINE_string("table", None, "Paper table number (1–11).", required=True
 flags.DEFINE_enum("scale", "toy", ["toy", "small", "paper"], "Config scale of every row.")
 flags.DEFINE_list("seeds", ["0"], "Training seeds.")
 flags.DEFINE_integer("total_steps", None, "Override every row's total_steps (to fit a time budget).")
+flags.DEFINE_multi_string("set", [], "a.b=value applied to every row's config (repeatable), e.g. "
+                          "--set=model.conditioning.kind=frames_tiny; values are Python literals, else strings.")
 flags.DEFINE_string("runs", "runs/ablate", "Root of the per-row run directories.")
 flags.DEFINE_string("out", "docs/results", "Where the table's .md and .json go.")
 
@@ -22,13 +24,15 @@ def main(argv):
   f = flags.FLAGS
   seeds = [int(s) for s in f.seeds]
   try:
-    ablate.table_rows(f.table, f.scale)
+    overrides = ablate.parse_overrides(f.set)
+    for row in ablate.table_rows(f.table, f.scale):
+      ablate.load_config(row, overrides)
   except ValueError as e:
     raise SystemExit(f"avflow ablate: {e}")
   if f.scale == "paper":
-    print("\n".join(ablate.launch_commands(f.table, f.scale, seeds, f.runs)))
+    print("\n".join(ablate.launch_commands(f.table, f.scale, seeds, f.runs, overrides)))
     return
-  run = ablate.run_table(f.table, f.scale, seeds, f.runs, f.total_steps)
-  md, js = ablate.write(ablate.summarize(f.table, f.scale, seeds, run), f.out)
+  run = ablate.run_table(f.table, f.scale, seeds, f.runs, f.total_steps, overrides)
+  md, js = ablate.write(ablate.summarize(f.table, f.scale, seeds, run, f.runs), f.out)
   print(open(md).read())
   print(f"wrote {md} and {js}")

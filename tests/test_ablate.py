@@ -1,0 +1,90 @@
+"""`avflow ablate`: every row trained once, reused across rows and invocations, ours printed beside the paper's."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import visah_fm
+from conftest import ROOT, tiny
+
+from avflow import ablate
+from avflow.report.paper_tables import TABLES
+
+
+def _tiny_overrides() -> dict:
+  """conftest.tiny as flat overrides, minus the inference steps that Table 8's rows vary."""
+  base, small = visah_fm.get_config("toy").to_dict(), tiny(visah_fm.get_config("toy")).to_dict()
+
+  def changed(a, b, prefix=""):
+    out = {}
+    for k, v in b.items():
+      if isinstance(v, dict):
+        out.update(changed(a[k], v, f"{prefix}{k}."))
+      elif a[k] != v:
+        out[prefix + k] = v
+    return out
+
+  overrides = changed(base, small)
+  overrides.pop("inference.num_steps")
+  return overrides
+
+
+def test_table8_trains_once_reuses_its_run_and_prints_the_papers_numbers(tmp_path, monkeypatch):
+  calls = []
+  real_train = ablate.train
+  monkeypatch.setattr(ablate, "train", lambda config, workdir, resume: calls.append(workdir)
+                      or real_train(config, workdir, resume))
+  overrides = _tiny_overrides()
+  root = str(tmp_path / "runs")
+
+  run = ablate.run_table("8", "toy", [0], root, total_steps=2, overrides=overrides)
+  # Table 8's four rows differ only in inference steps: one training run, evaluated with 1, 2, 3 and 4 steps.
+  assert calls == [os.path.join(root, "table8_toy", "toy_rollout_only_infer1", "seed0")]
+  assert set(run["runs"].values()) == {calls[0]}
+  assert [w["reused"] for w in run["wall_s"].values()] == [False, True, True, True]
+  ldif = [run["results"][key][0]["prediction"]["ldif"] for key in TABLES["8"]["rows"]]
+  assert len(set(ldif)) == 4, f"1–4 Euler steps gave identical predictions: {ldif}"
+
+  summary = ablate.summarize("8", "toy", [0], run, root)
+  text = ablate.markdown(summary)
+  for key, row in TABLES["8"]["rows"].items():
+    line = next(l for l in text.splitlines() if l.startswith(f"| {row['label']} |"))
+    assert f"{row['ldif']:.2f}" in line and f"{summary['rows'][key]['ours']['ldif'][0]:.2f}" in line
+  assert summary["rows"]["rollout_only"]["runs"] == {0: "table8_toy/toy_rollout_only_infer1/seed0"}
+  assert "training 1 run here" in text and "3 of the row/seed evaluations reused" in text
+  md, js = ablate.write(summary, str(tmp_path / "out"))
+  assert json.load(open(js))["rows"]["rollout_only"]["ldif_per_seed"] == {"0": ldif[-1]}
+
+  # A second invocation trains nothing and reproduces the numbers from the stored run.
+  again = ablate.run_table("8", "toy", [0], root, total_steps=2, overrides=overrides)
+  assert len(calls) == 1
+  assert [again["results"][key][0]["prediction"]["ldif"] for key in TABLES["8"]["rows"]] == ldif
+  assert all(w["reused"] and w["train_s"] == run["wall_s"]["rollout_only_infer1/0"]["train_s"]
+             for w in again["wall_s"].values())
+
+  # Other overrides must not resume into a run of another config.
+  with pytest.raises(ValueError, match="another config"):
+    ablate.run_table("8", "toy", [0], root, total_steps=2, overrides={**overrides, "optimizer.learning_rate": 1e-4})
+
+
+def test_overrides_are_checked_against_every_rows_config():
+  assert ablate.parse_overrides(["model.channels=4", "model.conditioning.kind=frames_tiny", "a.b=(1, 2)"]) == {
+      "model.channels": 4, "model.conditioning.kind": "frames_tiny", "a.b": (1, 2)}
+  with pytest.raises(ValueError, match="expected a.b=value"):
+    ablate.parse_overrides(["model.channels"])
+  row = ablate.table_rows("3", "toy")[0]
+  with pytest.raises(ValueError, match="no such field 'nope'"):
+    ablate.load_config(row, {"model.nope": 1})
+  with pytest.raises(ValueError, match="model.channels='wide'"):
+    ablate.load_config(row, {"model.channels": "wide"})
+  assert ablate.load_config(row, {"model.channels": 4}).model.channels == 4
+  commands = ablate.launch_commands("7", "paper", [1], "/r", {"model.conditioning.kind": "frames_tiny"})
+  assert all("--config.model.conditioning.kind=frames_tiny --config.seed=1" in c for c in commands)
+
+
+def test_cli_names_a_bad_override_before_training_anything():
+  done = subprocess.run([sys.executable, "-m", "avflow", "ablate", "--table=3", "--set=model.nope=1"],
+                        cwd=ROOT, capture_output=True, text=True)
+  assert done.returncode != 0
+  assert "override model.nope=1 does not apply to visah_fm.py:toy" in done.stderr
