@@ -27,6 +27,7 @@ from avflow.train.loop import train
 from avflow.train.step import make_predict_fn
 
 TRAIN_TIME_FILE = "train_time.json"
+EVAL_KEY_FILE = "eval_key.json"
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
@@ -125,6 +126,23 @@ def _finished_run(root: str, config) -> str | None:
   return None
 
 
+def _evaluation_key(config) -> str:
+  """What an evaluation of a finished run depends on: the whole config, inference settings included."""
+  return config.copy_and_resolve_references().to_json(sort_keys=True)
+
+
+def _stored_evaluation(report_dir: str, config) -> dict | None:
+  """The report of an earlier evaluation of this row's config, if there is one (delete the folder to redo it)."""
+  key_path, report_path = os.path.join(report_dir, EVAL_KEY_FILE), os.path.join(report_dir, "eval.json")
+  if not (os.path.exists(key_path) and os.path.exists(report_path)):
+    return None
+  with open(key_path) as f:
+    if json.load(f)["config"] != _evaluation_key(config):
+      return None
+  with open(report_path) as f:
+    return json.load(f)
+
+
 def _train_seconds(workdir: str, add: float = 0.0) -> float | None:
   """Training wall time stored with a run (summed over resumes); `add` records more."""
   path = os.path.join(workdir, TRAIN_TIME_FILE)
@@ -138,7 +156,10 @@ def _train_seconds(workdir: str, add: float = 0.0) -> float | None:
 
 def run_table(table: str, scale: str, seeds: list[int], root: str, total_steps: int | None = None,
               overrides: dict | None = None) -> dict:
-  """Trains (or reuses) every row × seed; returns {row: {seed: eval report}}, wall times and which run each used."""
+  """Trains (or reuses) and evaluates (or reuses the report of) every row × seed.
+
+  Returns {row: {seed: eval report}}, wall times and the run each row × seed was evaluated from.
+  """
   results, wall, runs = {}, {}, {}
   for row in table_rows(table, scale):
     config = load_config(row, overrides)
@@ -161,10 +182,14 @@ def run_table(table: str, scale: str, seeds: list[int], root: str, total_steps: 
         _train_seconds(workdir, add=time.time() - start)
       start = time.time()
       report_dir = os.path.join(workdir, f"eval_{row.variant}")
-      os.makedirs(report_dir, exist_ok=True)
-      predict = jax.jit(make_predict_fn(Highlighter(config.model), config))
-      report = evaluate(predict, checkpoint.load_params(workdir), make_source(config.data, "val"), config,
-                        report_dir, config.total_steps)
+      report = _stored_evaluation(report_dir, config)
+      if report is None:
+        os.makedirs(report_dir, exist_ok=True)
+        predict = jax.jit(make_predict_fn(Highlighter(config.model), config))
+        report = evaluate(predict, checkpoint.load_params(workdir), make_source(config.data, "val"), config,
+                          report_dir, config.total_steps)
+        with open(os.path.join(report_dir, EVAL_KEY_FILE), "w") as f:
+          json.dump({"config": _evaluation_key(config)}, f)
       results[row.key][seed] = report
       wall[f"{row.key}/{seed}"] = {"train_s": _train_seconds(workdir), "eval_s": time.time() - start,
                                    "reused": reused}

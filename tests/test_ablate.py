@@ -1,4 +1,4 @@
-"""`avflow ablate`: every row trained once, reused across rows and invocations, ours printed beside the paper's."""
+"""`avflow ablate`: every row trained and evaluated once, reused across rows and invocations, ours beside the paper's."""
 import json
 import os
 import subprocess
@@ -56,12 +56,21 @@ def test_table8_trains_once_reuses_its_run_and_prints_the_papers_numbers(tmp_pat
   md, js = ablate.write(summary, str(tmp_path / "out"))
   assert json.load(open(js))["rows"]["rollout_only"]["ldif_per_seed"] == {"0": ldif[-1]}
 
-  # A second invocation trains nothing and reproduces the numbers from the stored run.
+  # A second invocation neither trains nor evaluates: the stored runs and reports give the same numbers.
+  evaluations = []
+  real_evaluate = ablate.evaluate
+  monkeypatch.setattr(ablate, "evaluate", lambda *a: evaluations.append(a[3]) or real_evaluate(*a))
   again = ablate.run_table("8", "toy", [0], root, total_steps=2, overrides=overrides)
-  assert len(calls) == 1
+  assert len(calls) == 1 and evaluations == []
   assert [again["results"][key][0]["prediction"]["ldif"] for key in TABLES["8"]["rows"]] == ldif
   assert all(w["reused"] and w["train_s"] == run["wall_s"]["rollout_only_infer1/0"]["train_s"]
              for w in again["wall_s"].values())
+
+  # Other inference settings re-evaluate every row from the same run, without training.
+  midpoint = ablate.run_table("8", "toy", [0], root, total_steps=2,
+                              overrides={**overrides, "inference.method": "midpoint"})
+  assert len(calls) == 1 and len(evaluations) == 4
+  assert midpoint["results"]["rollout_only"][0]["prediction"]["ldif"] != ldif[-1]
 
   # Other overrides must not resume into a run of another config.
   with pytest.raises(ValueError, match="another config"):
