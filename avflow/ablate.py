@@ -191,9 +191,9 @@ def run_table(table: str, scale: str, seeds: list[int], root: str, total_steps: 
         with open(os.path.join(report_dir, EVAL_KEY_FILE), "w") as f:
           json.dump({"config": _evaluation_key(config)}, f)
       results[row.key][seed] = report
-      wall[f"{row.key}/{seed}"] = {"train_s": _train_seconds(workdir), "eval_s": time.time() - start,
+      wall[f"{row.variant}/{seed}"] = {"train_s": _train_seconds(workdir), "eval_s": time.time() - start,
                                    "reused": reused}
-      runs[f"{row.key}/{seed}"] = workdir
+      runs[f"{row.variant}/{seed}"] = workdir
   return {"results": results, "wall_s": wall, "runs": runs}
 
 
@@ -217,7 +217,7 @@ def summarize(table: str, scale: str, seeds: list[int], run: dict, root: str) ->
     rows[row.key] = {
         "label": row.label, "config": f"configs/{row.config_file}:{row.variant}", "ours": ours,
         "ldif_per_seed": {seed: paper_display(r["prediction"])["ldif"] for seed, r in reports.items()},
-        "runs": {seed: os.path.relpath(run["runs"][f"{row.key}/{seed}"], root) for seed in reports},
+        "runs": {seed: os.path.relpath(run["runs"][f"{row.variant}/{seed}"], root) for seed in reports},
         "input": {m: _mean_std([paper_display(r["input"])[m] for r in reports.values()])[0]
                   for m in ("ldif", "mag", "env", "was")},
         "cosine_per_step": np.mean(cosine, axis=0).tolist() if cosine else None,

@@ -63,7 +63,7 @@ def test_table8_trains_once_reuses_its_run_and_prints_the_papers_numbers(tmp_pat
   again = ablate.run_table("8", "toy", [0], root, total_steps=2, overrides=overrides)
   assert len(calls) == 1 and evaluations == []
   assert [again["results"][key][0]["prediction"]["ldif"] for key in TABLES["8"]["rows"]] == ldif
-  assert all(w["reused"] and w["train_s"] == run["wall_s"]["rollout_only_infer1/0"]["train_s"]
+  assert all(w["reused"] and w["train_s"] == run["wall_s"]["toy_rollout_only_infer1/0"]["train_s"]
              for w in again["wall_s"].values())
 
   # Other inference settings re-evaluate every row from the same run, without training.
