@@ -2,8 +2,9 @@
 
 A row × seed is trained once: before training, the runs root is searched for a finished run of the same training
 config and seed, from this table or another (Table 8's rows differ only in inference steps and share one run;
-Table 7's warm-start rows are Table 3's first two). Our numbers are raw metric values scaled for display as the paper's tables are (×100 except LDif);
-IB and KLD need a PaSST / ImageBind model and are left empty where none is configured.
+Table 7's warm-start rows are Table 3's first two). Our numbers are raw metric values scaled for display as the
+paper's tables are (×100 except LDif); IB and KLD need a PaSST / ImageBind model and are left empty where none is
+configured.
 """
 import ast
 import dataclasses
@@ -115,9 +116,8 @@ def launch_commands(table: str, scale: str, seeds: list[int], root: str, overrid
   return out
 
 
-def _finished_run(root: str, config) -> str | None:
-  """A run under `root` (any table, any row) that trained `config` (same training key, same seed) to the end."""
-  key = _training_key(config)
+def _finished_run(root: str, key: str, config) -> str | None:
+  """A run under `root` (any table, any row) that trained `config` (its training `key`, its seed) to the end."""
   for path in sorted(glob.glob(os.path.join(root, "*", "*", f"seed{config.seed}", checkpoint.CONFIG_FILE))):
     workdir = os.path.dirname(path)
     if _training_key(checkpoint.load_config(workdir)) == key and \
@@ -143,15 +143,19 @@ def _stored_evaluation(report_dir: str, config) -> dict | None:
     return json.load(f)
 
 
-def _train_seconds(workdir: str, add: float = 0.0) -> float | None:
-  """Training wall time stored with a run (summed over resumes); `add` records more."""
+def _stored_train_seconds(workdir: str) -> float | None:
+  """Training wall time stored with a run (summed over resumes), None for a run trained outside `ablate`."""
   path = os.path.join(workdir, TRAIN_TIME_FILE)
-  spent = json.load(open(path))["train_s"] if os.path.exists(path) else None
-  if add:
-    spent = (spent or 0.0) + add
-    with open(path, "w") as f:
-      json.dump({"train_s": spent}, f)
-  return spent
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)["train_s"]
+
+
+def _record_train_seconds(workdir: str, seconds: float) -> None:
+  total = (_stored_train_seconds(workdir) or 0.0) + seconds
+  with open(os.path.join(workdir, TRAIN_TIME_FILE), "w") as f:
+    json.dump({"train_s": total}, f)
 
 
 def run_table(table: str, scale: str, seeds: list[int], root: str, total_steps: int | None = None,
@@ -169,17 +173,18 @@ def run_table(table: str, scale: str, seeds: list[int], root: str, total_steps: 
     results[row.key] = {}
     for seed in seeds:
       config.seed = seed
-      workdir = _finished_run(root, config)
+      key = _training_key(config)
+      workdir = _finished_run(root, key, config)
       reused = workdir is not None
       if not reused:
         workdir = _workdir(root, table, scale, row, seed)
         resume = checkpoint.Checkpointer(workdir).latest_step() is not None
-        if resume and _training_key(checkpoint.load_config(workdir)) != _training_key(config):
+        if resume and _training_key(checkpoint.load_config(workdir)) != key:
           raise ValueError(f"{workdir} holds an unfinished run of another config than row {row.label!r}, seed "
                            f"{seed} now has (other overrides or code defaults?): remove it or pick another runs root")
         start = time.time()
         train(config, workdir, resume=resume)
-        _train_seconds(workdir, add=time.time() - start)
+        _record_train_seconds(workdir, time.time() - start)
       start = time.time()
       report_dir = os.path.join(workdir, f"eval_{row.variant}")
       report = _stored_evaluation(report_dir, config)
@@ -191,8 +196,8 @@ def run_table(table: str, scale: str, seeds: list[int], root: str, total_steps: 
         with open(os.path.join(report_dir, EVAL_KEY_FILE), "w") as f:
           json.dump({"config": _evaluation_key(config)}, f)
       results[row.key][seed] = report
-      wall[f"{row.variant}/{seed}"] = {"train_s": _train_seconds(workdir), "eval_s": time.time() - start,
-                                   "reused": reused}
+      wall[f"{row.variant}/{seed}"] = {"train_s": _stored_train_seconds(workdir), "eval_s": time.time() - start,
+                                       "reused": reused}
       runs[f"{row.variant}/{seed}"] = workdir
   return {"results": results, "wall_s": wall, "runs": runs}
 
@@ -253,8 +258,8 @@ def markdown(summary: dict) -> str:
            f"Seeds: {s['seeds']}. Ours: mean ± std over seeds, display-scaled like the paper (×100 except LDif); "
            "IB/KLD need PaSST/ImageBind and are not computed here. Paper: the published numbers "
            "(paper scale, Muddy Mix), for reference only — the scales differ.", "",
-           "| row | config | LDif ours | LDif per seed | Mag ours | Env ours | Was ours | cos(v̂, v) per step | curvature "
-           "| IB paper | KLD paper | LDif paper | Mag paper | Env paper | Was paper |",
+           "| row | config | LDif ours | LDif per seed | Mag ours | Env ours | Was ours | cos(v̂, v) per step "
+           "| curvature | IB paper | KLD paper | LDif paper | Mag paper | Env paper | Was paper |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in s["rows"].values():
     o = r["ours"]
