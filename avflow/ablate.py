@@ -15,7 +15,6 @@ import os
 import shlex
 import time
 
-import jax
 import numpy as np
 
 from avflow.data.pipeline import make_source
@@ -25,7 +24,7 @@ from avflow.report.paper_tables import METRICS, TABLES
 from avflow.train import checkpoint
 from avflow.train.evaluate import evaluate
 from avflow.train.loop import train
-from avflow.train.step import make_predict_fn
+from avflow.train.step import jit, make_predict_fn
 
 TRAIN_TIME_FILE = "train_time.json"
 EVAL_KEY_FILE = "eval_key.json"
@@ -190,7 +189,7 @@ def run_table(table: str, scale: str, seeds: list[int], root: str, total_steps: 
       report = _stored_evaluation(report_dir, config)
       if report is None:
         os.makedirs(report_dir, exist_ok=True)
-        predict = jax.jit(make_predict_fn(Highlighter(config.model), config))
+        predict = jit(make_predict_fn(Highlighter(config.model), config))
         report = evaluate(predict, checkpoint.load_params(workdir), make_source(config.data, "val"), config,
                           report_dir, config.total_steps)
         with open(os.path.join(report_dir, EVAL_KEY_FILE), "w") as f:

@@ -21,7 +21,7 @@ from jax.extend import core
 from avflow.flow.objectives import REMAT_POLICIES
 from avflow.models.highlighter import Highlighter
 from avflow.train.state import abstract_batch, create_train_state, make_optimizer
-from avflow.train.step import make_predict_fn, make_train_step
+from avflow.train.step import jit, make_predict_fn, make_train_step
 
 
 def random_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -62,7 +62,7 @@ class Step:
     self.batch = jax.device_put(batch)
     self.rng = jax.random.PRNGKey(0)
     start = time.perf_counter()
-    self.compiled = jax.jit(make_train_step(model, config, tx), donate_argnums=(0,)).lower(
+    self.compiled = jit(make_train_step(model, config, tx), donate_argnums=(0,)).lower(
         self.state, self.batch, self.rng).compile()
     self.compile_s = time.perf_counter() - start
     self.flops = xla_flops(self.compiled)
@@ -186,7 +186,7 @@ def bench_infer(config, repeats: int = 3, num_steps: int = 4) -> dict:
   batch = random_batch(config, 1)
   params = create_train_state(model, config, batch, make_optimizer(config)).params
   start = time.perf_counter()
-  compiled = jax.jit(make_predict_fn(model, config)).lower(params, batch).compile()
+  compiled = jit(make_predict_fn(model, config)).lower(params, batch).compile()
   compile_s = time.perf_counter() - start
 
   def call():

@@ -8,13 +8,12 @@ from x0 (t=0) for k of the N steps (k = N: the full remix; fewer steps: a gentle
 import dataclasses
 import os
 
-import jax
 import numpy as np
 from PIL import Image
 
 from avflow.models.highlighter import Highlighter
 from avflow.train import checkpoint
-from avflow.train.step import make_predict_fn
+from avflow.train.step import jit, make_predict_fn
 
 
 @dataclasses.dataclass
@@ -60,7 +59,7 @@ def load_run(run_dir: str, step: int | None = None) -> LoadedRun:
                      "needs a run whose model.conditioning encodes frames (or captions)")
   params = checkpoint.load_params(run_dir, step)
   model = Highlighter(config.model)
-  return LoadedRun(config, params, jax.jit(make_predict_fn(model, config), static_argnums=2))
+  return LoadedRun(config, params, jit(make_predict_fn(model, config), static_argnums=2))
 
 
 def load_frames(frames_dir: str, image_size: int) -> np.ndarray:

@@ -591,9 +591,11 @@ CONV_CASES = [  # x, kernel, strides, padding, dilation: every kind of convoluti
     ((2, 37, 3), (8, 3, 5), (4,), ((2, 2),), 1),  # time-branch encoder: kernel 8, stride 4, padding 2
     ((2, 33, 3), (8, 3, 5), (4,), ((0, 0),), 1),  # ... unpadded, a length that is not a multiple of the stride
     ((2, 20, 4), (3, 4, 6), (1,), ((2, 2),), 2),  # DConv: kernel 3, dilation 2
+    ((2, 20, 6), (3, 6, 2), (1,), ((2, 2),), 2),  # ... into a bottleneck (fewer output than input channels)
     ((2, 11, 3), (1, 3, 4), (1,), ((0, 0),), 1),  # 1x1
     ((1, 30, 7, 3), (8, 1, 3, 4), (4, 1), ((2, 2), (0, 0)), 1),  # frequency-branch encoder: (8, 1), stride (4, 1)
     ((1, 9, 6, 3), (3, 3, 3, 2), (1, 1), ((1, 1), (1, 1)), 1),  # decoder rewrite: 3x3, padding 1
+    ((1, 9, 6, 2), (3, 3, 2, 4), (1, 1), ((1, 1), (1, 1)), 1),  # ... widening (more output than input channels)
 ]
 
 

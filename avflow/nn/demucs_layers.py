@@ -96,15 +96,25 @@ def _tap_slices(kernel_size: Sequence[int], dilation: int, out_size: Sequence[in
 
 def _taps_conv_grads(x: jax.Array, kernel: jax.Array, dilation: int, g: jax.Array) -> Tuple[jax.Array, jax.Array]:
   """Gradients of a stride-1, unpadded convolution `(N, *S, C) x (*K, C, O)` for the output cotangent g, as one
-  pair of matmuls per kernel tap: the kernel's from the tap's input window, the input's as `g · kernelᵀ` added back
-  at that window (the matmul form of the transposed convolution)."""
-  out = g.shape[1:-1]
+  pair of matmuls per kernel tap: the input's as `g · kernelᵀ` added back at the tap's window (the matmul form of
+  the transposed convolution), the kernel's as `x · g` over that window.
+
+  Every tap needs x and g aligned, i.e. one of them copied: the one with fewer channels. g is padded into x's
+  frame where it has fewer (O < C: the DConv bottlenecks and the strided encoders' folded channels), else x's
+  window is sliced out (docs/performance.md: 0.3–0.4 s of the paper-shape FM step).
+  """
+  kernel_size = kernel.shape[:-2]
   batch_axes = tuple(range(g.ndim - 1))
   d_kernel = jnp.zeros_like(kernel)
   d_x = jnp.zeros_like(x)
-  for tap, window in _tap_slices(kernel.shape[:-2], dilation, out):
+  for tap, window in _tap_slices(kernel_size, dilation, g.shape[1:-1]):
     index = (slice(None), *window)
-    d_kernel = d_kernel.at[tap].set(jnp.tensordot(x[index], g, axes=(batch_axes, batch_axes)))
+    if g.shape[-1] < x.shape[-1]:
+      shifts = [(j * dilation, (k - 1 - j) * dilation) for j, k in zip(tap, kernel_size)]
+      d_kernel_tap = jnp.tensordot(x, jnp.pad(g, [(0, 0), *shifts, (0, 0)]), axes=(batch_axes, batch_axes))
+    else:
+      d_kernel_tap = jnp.tensordot(x[index], g, axes=(batch_axes, batch_axes))
+    d_kernel = d_kernel.at[tap].set(d_kernel_tap)
     d_x = d_x.at[index].add(jnp.tensordot(g, kernel[tap], axes=((g.ndim - 1,), (1,))))
   return d_x, d_kernel
 

@@ -19,7 +19,7 @@ from avflow.models.highlighter import Highlighter
 from avflow.train import checkpoint, distributed, sharding
 from avflow.train.evaluate import evaluate
 from avflow.train.state import TrainState, check_batch, create_train_state, make_optimizer
-from avflow.train.step import make_predict_fn, make_train_step
+from avflow.train.step import jit, make_predict_fn, make_train_step
 
 
 class NonFiniteError(RuntimeError):
@@ -89,10 +89,10 @@ def train(config, workdir: str, resume: bool = False) -> TrainState:
     logging.info("resumed from step %d", int(state.step))
 
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  train_step = jax.jit(make_train_step(model, config, tx), donate_argnums=(0,),
-                       in_shardings=(state_sharding, data_sharding, replicated),
-                       out_shardings=(state_sharding, replicated))
-  predict = jax.jit(make_predict_fn(model, config))
+  train_step = jit(make_train_step(model, config, tx), donate_argnums=(0,),
+                   in_shardings=(state_sharding, data_sharding, replicated),
+                   out_shardings=(state_sharding, replicated))
+  predict = jit(make_predict_fn(model, config))
   writer = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard")) if jax.process_index() == 0 else None
 
   step = int(state.step)

@@ -1,5 +1,6 @@
-"""Pure train, evaluation and inference steps (jit them; the train step donates its state)."""
+"""Pure train, evaluation and inference steps (compile them with `jit`; the train step donates its state)."""
 import functools
+import os
 from typing import Callable
 
 import jax
@@ -13,6 +14,20 @@ from avflow.train.losses import multi_resolution_stft_loss
 from avflow.train.state import TrainState
 
 TASKS = ("flow", "regression")
+
+# XLA:CPU gives reductions to YNNPACK by default, which sums over time for every channel (the gradients of
+# GroupNorm's scale and bias, of LayerScale and of every conv bias) ~20x slower than XLA's own loops: a
+# (110250, 48) product summed over time takes 119 ms there against 5.5 ms. On CPU YNNPACK keeps the matmuls and
+# convolutions only (docs/performance.md: the paper-shape FM step 15 % faster).
+CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}
+
+
+def jit(fn: Callable, **kwargs) -> Callable:
+  """`jax.jit` with `CPU_COMPILER_OPTIONS` on the CPU backend, unless XLA_FLAGS already picks the YNNPACK fusions."""
+  if jax.default_backend() == "cpu" and "xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
+    kwargs["compiler_options"] = {**CPU_COMPILER_OPTIONS, **kwargs.get("compiler_options", {})}
+  return jax.jit(fn, **kwargs)
 
 
 def make_loss_fn(model: Highlighter, config) -> Callable:
