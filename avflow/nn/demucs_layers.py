@@ -103,14 +103,14 @@ def _taps_conv_grads(x: jax.Array, kernel: jax.Array, dilation: int, g: jax.Arra
   frame where it has fewer (O < C: the DConv bottlenecks and the strided encoders' folded channels), else x's
   window is sliced out (docs/performance.md: 0.3–0.4 s of the paper-shape FM step).
   """
-  kernel_size = kernel.shape[:-2]
   batch_axes = tuple(range(g.ndim - 1))
+  pad_g = g.shape[-1] < x.shape[-1]
   d_kernel = jnp.zeros_like(kernel)
   d_x = jnp.zeros_like(x)
-  for tap, window in _tap_slices(kernel_size, dilation, g.shape[1:-1]):
+  for tap, window in _tap_slices(kernel.shape[:-2], dilation, g.shape[1:-1]):
     index = (slice(None), *window)
-    if g.shape[-1] < x.shape[-1]:
-      shifts = [(j * dilation, (k - 1 - j) * dilation) for j, k in zip(tap, kernel_size)]
+    if pad_g:
+      shifts = [(w.start, size - w.stop) for w, size in zip(window, x.shape[1:-1])]
       d_kernel_tap = jnp.tensordot(x, jnp.pad(g, [(0, 0), *shifts, (0, 0)]), axes=(batch_axes, batch_axes))
     else:
       d_kernel_tap = jnp.tensordot(x[index], g, axes=(batch_axes, batch_axes))
