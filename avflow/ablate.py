@@ -19,7 +19,7 @@ import numpy as np
 
 from avflow.data.pipeline import make_source
 from avflow.metrics.signal import paper_display
-from avflow.models.highlighter import Highlighter
+from avflow.models.highlighter import Highlighter, describe_conditioning
 from avflow.report.paper_tables import METRICS, TABLES
 from avflow.train import checkpoint
 from avflow.train.evaluate import evaluate
@@ -52,7 +52,7 @@ def table_rows(table: str, scale: str) -> list[Row]:
       suffix = key.split(":", 1)[1]
       rows.append(Row(key, paper["label"], "visah.py", f"{scale}_{suffix}" if suffix else scale, paper))
     else:
-      rows.append(Row(key, paper["label"], "visah_fm.py", f"{scale}_{key}" if key else scale, paper))
+      rows.append(Row(key, paper["label"], "visah_fm.py", f"{scale}_{key}", paper))
   return rows
 
 
@@ -89,6 +89,23 @@ def load_config(row: Row, overrides: dict | None = None):
       raise ValueError(f"override {name}={value!r} does not apply to {row.config_file}:{row.variant}: "
                        f"{'no such field ' if isinstance(e, KeyError) else ''}{e}") from e
   return config
+
+
+def table_conditioning(table: str, scale: str, overrides: dict | None = None) -> dict[str, str]:
+  """Row label → what the row's config (with `overrides`) conditions on."""
+  return {row.label: describe_conditioning(load_config(row, overrides).model) for row in table_rows(table, scale)}
+
+
+def _conditioning_text(conditioning: dict[str, str]) -> str:
+  """The one conditioning of every row, or each row's where they differ."""
+  if len(set(conditioning.values())) == 1:
+    return next(iter(conditioning.values()))
+  return "per row — " + "; ".join(f"{label}: {text}" for label, text in conditioning.items())
+
+
+def conditioning_line(table: str, conditioning: dict[str, str]) -> str:
+  """E.g. "Table 3: conditioning V (CLIP, no adapter)", from `table_conditioning`."""
+  return f"Table {table}: conditioning {_conditioning_text(conditioning)}"
 
 
 def _training_key(config) -> str:
@@ -161,11 +178,13 @@ def run_table(table: str, scale: str, seeds: list[int], root: str, total_steps: 
               overrides: dict | None = None) -> dict:
   """Trains (or reuses) and evaluates (or reuses the report of) every row × seed.
 
-  Returns {row: {seed: eval report}}, wall times and the run each row × seed was evaluated from.
+  Returns {row: {seed: eval report}}, wall times, the run each row × seed was evaluated from and each row's
+  conditioning.
   """
-  results, wall, runs = {}, {}, {}
+  results, wall, runs, conditioning = {}, {}, {}, {}
   for row in table_rows(table, scale):
     config = load_config(row, overrides)
+    conditioning[row.key] = describe_conditioning(config.model)
     if total_steps is not None:
       config.total_steps = total_steps
       config.eval_every = config.checkpoint_every = total_steps
@@ -198,7 +217,7 @@ def run_table(table: str, scale: str, seeds: list[int], root: str, total_steps: 
       wall[f"{row.variant}/{seed}"] = {"train_s": _stored_train_seconds(workdir), "eval_s": time.time() - start,
                                        "reused": reused}
       runs[f"{row.variant}/{seed}"] = workdir
-  return {"results": results, "wall_s": wall, "runs": runs}
+  return {"results": results, "wall_s": wall, "runs": runs, "conditioning": conditioning}
 
 
 def _mean_std(values):
@@ -219,7 +238,8 @@ def summarize(table: str, scale: str, seeds: list[int], run: dict, root: str) ->
       ours[metric] = _mean_std([paper_display(r["prediction"])[metric] for r in reports.values()])
     cosine = [r["trajectory"]["waveform"]["cosine"] for r in reports.values() if "trajectory" in r]
     rows[row.key] = {
-        "label": row.label, "config": f"configs/{row.config_file}:{row.variant}", "ours": ours,
+        "label": row.label, "config": f"configs/{row.config_file}:{row.variant}",
+        "conditioning": run["conditioning"][row.key], "ours": ours,
         "ldif_per_seed": {seed: paper_display(r["prediction"])["ldif"] for seed, r in reports.items()},
         "runs": {seed: os.path.relpath(run["runs"][f"{row.variant}/{seed}"], root) for seed in reports},
         "input": {m: _mean_std([paper_display(r["input"])[m] for r in reports.values()])[0]
@@ -253,7 +273,8 @@ def _wall_line(wall: dict) -> str:
 
 def markdown(summary: dict) -> str:
   s = summary
-  lines = [f"# Table {s['table']} at `{s['scale']}` scale: {s['title']}", "",
+  conditioning = _conditioning_text({r["label"]: r["conditioning"] for r in s["rows"].values()})
+  lines = [f"# Table {s['table']} at `{s['scale']}` scale: {s['title']}", "", f"Conditioning: {conditioning}.", "",
            f"Seeds: {s['seeds']}. Ours: mean ± std over seeds, display-scaled like the paper (×100 except LDif); "
            "IB/KLD need PaSST/ImageBind and are not computed here. Paper: the published numbers "
            "(paper scale, Muddy Mix), for reference only — the scales differ.", "",

@@ -9,6 +9,7 @@ import visah_fm
 from conftest import ROOT, tiny
 
 from avflow import ablate
+from avflow.models.highlighter import describe_conditioning
 from avflow.report.paper_tables import TABLES
 
 
@@ -53,6 +54,7 @@ def test_table8_trains_once_reuses_its_run_and_prints_the_papers_numbers(tmp_pat
     assert f"{row['ldif']:.2f}" in line and f"{summary['rows'][key]['ours']['ldif'][0]:.2f}" in line
   assert summary["rows"]["rollout_only"]["runs"] == {0: "table8_toy/toy_rollout_only_infer1/seed0"}
   assert "training 1 run here" in text and "3 of the row/seed evaluations reused" in text
+  assert "\nConditioning: V (tiny trainable frame encoder).\n" in text  # the tiny overrides' frame encoder
   md, js = ablate.write(summary, str(tmp_path / "out"))
   assert json.load(open(js))["rows"]["rollout_only"]["ldif_per_seed"] == {"0": ldif[-1]}
 
@@ -97,3 +99,47 @@ def test_cli_names_a_bad_override_before_training_anything():
                         cwd=ROOT, capture_output=True, text=True)
   assert done.returncode != 0
   assert "override model.nope=1 does not apply to visah_fm.py:toy" in done.stderr
+
+
+@pytest.mark.parametrize("scale", visah_fm.SCALES)
+def test_ablation_tables_condition_on_vision_only_and_the_method_on_vision_and_audio(scale):
+  method = visah_fm.get_config(scale).model
+  assert describe_conditioning(method) == "V+A (CLIP with the adapter fed by CLAP audio)"
+  # Table 2's "✗ V" row: CLIP image features without adapter, stored in the records where the scale trains on them.
+  v_only = visah_fm.get_config(f"{scale}_v").model
+  assert v_only.conditioning.kind == ("clip" if scale == "toy" else "features")
+  assert v_only.conditioning.features_key == "context" and v_only.latent.context_dim == (24 if scale == "toy" else 768)
+  for table in ("3", "4", "5", "6", "7", "8"):
+    for row in ablate.table_rows(table, scale):
+      if row.config_file == "visah_fm.py":
+        model = ablate.load_config(row).model
+        assert model.conditioning.to_dict() == v_only.conditioning.to_dict(), (table, row.label)
+        assert model.latent.context_dim == v_only.latent.context_dim, (table, row.label)
+  assert ablate.conditioning_line("3", ablate.table_conditioning("3", scale)) == (
+      "Table 3: conditioning " + ("V (CLIP, no adapter)" if scale == "toy" else "V (stored CLIP features, no adapter)"))
+  # The base rows of Tables 3, 4, 6 and 7 are Table 2's "✗ V" run; Table 8's 4-step row is Table 3's rollout-only.
+  assert {next(r.variant for r in ablate.table_rows(t, scale) if r.key == "v") for t in "3467"} == {f"{scale}_v"}
+  assert ablate._training_key(visah_fm.get_config(f"{scale}_rollout_only_infer1")) == \
+      ablate._training_key(visah_fm.get_config(f"{scale}_rollout_only"))
+
+
+def test_table5_compares_with_visah_text_on_the_fixed_remixes():
+  rows = ablate.table_rows("5", "toy")
+  assert [r.label for r in rows] == ["VisAH Text", "FM", "FM + Rollout (λ=0.1)", "FM + Rollout (λ=0.3)", "Rollout"]
+  configs = [ablate.load_config(r) for r in rows]
+  assert all(c.data.remix == "fixed" for c in configs)
+  assert (configs[0].task, describe_conditioning(configs[0].model)) == ("regression", "T (stored T5 features)")
+  assert [c.objective.rollout_weight for c in configs[1:]] == [0.0, 0.1, 0.3, 1.0]
+  assert configs[4].objective.fm_weight == 0.0
+  line = ablate.conditioning_line("5", ablate.table_conditioning("5", "toy"))
+  assert line.startswith("Table 5: conditioning per row — VisAH Text: T (stored T5 features); FM: V (CLIP, no")
+
+
+def test_cli_prints_the_tables_conditioning_as_a_comment_above_the_cluster_commands():
+  done = subprocess.run([sys.executable, "-m", "avflow", "ablate", "--table=7", "--scale=paper", "--runs=/r"],
+                        cwd=ROOT, capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-2000:]
+  first, *commands = done.stdout.splitlines()
+  assert first == "# Table 7: conditioning V (stored CLIP features, no adapter)"
+  assert len(commands) == 4 and all(c.startswith("python -m avflow train --config=configs/visah_fm.py:paper_")
+                                    for c in commands)

@@ -25,13 +25,14 @@ def main(argv):
   seeds = [int(s) for s in f.seeds]
   try:
     overrides = ablate.parse_overrides(f.set)
-    for row in ablate.table_rows(f.table, f.scale):
-      ablate.load_config(row, overrides)
+    conditioning = ablate.table_conditioning(f.table, f.scale, overrides)
   except ValueError as e:
     raise SystemExit(f"avflow ablate: {e}")
-  if f.scale == "paper":
+  if f.scale == "paper":  # a shell comment, then the commands: the output stays a script
+    print(f"# {ablate.conditioning_line(f.table, conditioning)}")
     print("\n".join(ablate.launch_commands(f.table, f.scale, seeds, f.runs, overrides)))
     return
+  print(ablate.conditioning_line(f.table, conditioning))
   run = ablate.run_table(f.table, f.scale, seeds, f.runs, f.total_steps, overrides)
   md, js = ablate.write(ablate.summarize(f.table, f.scale, seeds, run, f.runs), f.out)
   print(open(md).read())

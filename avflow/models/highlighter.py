@@ -25,6 +25,23 @@ CONDITIONINGS = ("frames_tiny", "features", "clip", "clip_adapter")
 MODALITIES = ("audio", "text")
 
 
+def describe_conditioning(model_cfg) -> str:
+  """What a model conditions on, in the paper's terms: e.g. "V+A (CLIP with the adapter fed by CLAP audio)"."""
+  cond = model_cfg.conditioning
+  if cond.kind == "clip_adapter":
+    fed = [(letter, name) for modality, letter, name in (("text", "T", "stored T5 text"), ("audio", "A", "CLAP audio"))
+           if modality in cond.modalities]
+    return ("+".join(["V"] + [letter for letter, _ in fed])
+            + f" (CLIP with the adapter fed by {' and '.join(name for _, name in fed)})")
+  if cond.kind == "features":
+    return "T (stored T5 features)" if cond.features_key == "text" else "V (stored CLIP features, no adapter)"
+  if cond.kind == "clip":
+    return "V (CLIP, no adapter)"
+  if cond.kind == "frames_tiny":
+    return "V (tiny trainable frame encoder)"
+  raise ValueError(f"model.conditioning.kind={cond.kind!r}; expected one of {CONDITIONINGS}")
+
+
 def frozen_prefixes(model_cfg) -> tuple[str, ...]:
   """Parameter subtrees that never train: the pretrained CLIP tower and the CLAP encoder (Sec. 2.2.2)."""
   kind = model_cfg.conditioning.kind

@@ -1,8 +1,10 @@
 """The paper's published numbers (VisAH-FM, Tables 1–11), printed beside ours by `ablate`.
 
 Values are as printed: every metric except LDif is ×100 (Table 1 caption). Keys of each row are the config rows of
-`configs/visah_fm.py` ("" = the base variant, FM + Rollout λ=0.3, H=4, N=4), `visah:<variant>` for the
-discriminative baseline of `configs/visah.py`, or `input` for the unprocessed input.
+`configs/visah_fm.py` (the base rows of Tables 3, 4, 6 and 7 are "v", Table 2's "✗ V" row: FM + Rollout λ=0.3,
+H=4, N=4 on CLIP without adapter, whose numbers they repeat), `visah:<suffix>` for the discriminative baseline of
+`configs/visah.py` (variant `<scale>_<suffix>`, or `<scale>` for an empty suffix), or `input` for the unprocessed
+input.
 """
 METRICS = ("ib", "kld", "ldif", "mag", "env", "was")
 
@@ -34,7 +36,7 @@ TABLES = {
     "3": {
         "title": "The rollout component — Tables 3 and 10",
         "rows": {
-            "": _row("FM + Rollout", 29.09, 9.79, 7.87, 8.46, 2.79, 0.64),
+            "v": _row("FM + Rollout", 29.09, 9.79, 7.87, 8.46, 2.79, 0.64),
             "fm": _row("FM", 28.92, 10.99, 9.48, 11.57, 4.68, 1.08),
             "rollout_only": _row("Rollout", 28.94, 9.92, 7.71, 8.13, 2.78, 0.62),
             "consistency": _row("FM + Consistency", 28.40, 14.58, 10.30, 13.54, 3.98, 1.15),
@@ -46,7 +48,7 @@ TABLES = {
         "title": "Hyper-parameters λ / horizon / steps — Tables 4 and 11",
         "rows": {
             "lambda0.1": _row("λ=0.1, H=4, N=4", 29.12, 9.85, 8.02, 8.41, 2.78, 0.64),
-            "": _row("λ=0.3, H=4, N=4", 29.09, 9.79, 7.87, 8.46, 2.79, 0.64),
+            "v": _row("λ=0.3, H=4, N=4", 29.09, 9.79, 7.87, 8.46, 2.79, 0.64),
             "lambda0.5": _row("λ=0.5, H=4, N=4", 29.12, 9.93, 7.80, 8.43, 2.79, 0.64),
             "lambda1.0": _row("λ=1.0, H=4, N=4", 29.04, 9.82, 7.84, 8.47, 2.81, 0.65),
             "horizon2": _row("λ=0.1, H=2, N=4", 29.08, 9.68, 7.94, 8.45, 2.76, 0.63),
@@ -56,21 +58,24 @@ TABLES = {
     "5": {
         "title": "The fixed Muddy Mix dataset (the paper prints Env unscaled here and no Mag/Was)",
         "rows": {
+            "visah:t5_fixed": _row("VisAH Text", 29.00, 11.02, 9.23, None, 0.035, None),
             "fixed_fm": _row("FM", 29.27, 10.91, 8.84, None, 0.034, None),
+            "fixed_lambda0.1": _row("FM + Rollout (λ=0.1)", 29.15, 10.60, 8.82, None, 0.032, None),
             "fixed": _row("FM + Rollout (λ=0.3)", 29.29, 10.48, 8.83, None, 0.032, None),
+            "fixed_rollout_only": _row("Rollout", 29.18, 11.38, 8.87, None, 0.033, None),
         },
     },
     "6": {
         "title": "Time conditioning",
         "rows": {
-            "": _row("Latent Transformer", 29.09, 9.79, 7.87, 8.34, 2.79, 0.65),
+            "v": _row("Latent Transformer", 29.09, 9.79, 7.87, 8.34, 2.79, 0.65),
             "time_encoder": _row("Encoder + Latent Transformer", 29.02, 9.87, 7.83, 8.24, 2.70, 0.60),
         },
     },
     "7": {
         "title": "Warm start",
         "rows": {
-            "": _row("FM + Rollout, warm start", 29.09, 9.79, 7.87, 8.46, 2.79, 0.64),
+            "v": _row("FM + Rollout, warm start", 29.09, 9.79, 7.87, 8.46, 2.79, 0.64),
             "fm": _row("FM only, warm start", 28.92, 10.99, 9.48, 11.57, 4.68, 1.08),
             "no_warm_start": _row("FM + Rollout, no warm start", 29.28, 10.65, 8.41, 8.71, 2.80, 0.64),
             "fm_no_warm_start": _row("FM only, no warm start", 28.75, 16.52, 12.73, 15.54, 4.56, 1.37),
