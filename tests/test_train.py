@@ -61,6 +61,23 @@ def test_flow_matching_run_writes_checkpoints_eval_and_samples(tiny_fm_config, t
   with pytest.raises(FileExistsError, match="--resume"):
     train(tiny_fm_config, workdir)
 
+  # Resuming refuses another config, naming each differing field, before anything is built.
+  changed = tiny_fm_config.copy_and_resolve_references()
+  changed.optimizer.learning_rate = 1e-4
+  changed.model.conditioning.modalities = ("audio", "text")
+  with pytest.raises(checkpoint.ConfigMismatchError) as refused:
+    train(changed, workdir, resume=True)
+  assert "model.conditioning.modalities: [\"audio\"] → [\"audio\", \"text\"]; optimizer.learning_rate: 0.002 → " \
+         "0.0001 (only total_steps, " in str(refused.value)
+  assert checkpoint.load_config(workdir).optimizer.learning_rate == 0.002
+  # The run's length and its evaluation / checkpoint cadence may change: two more steps, then one evaluation.
+  longer = tiny_fm_config.copy_and_resolve_references()
+  longer.update(total_steps=6, checkpoint_every=6, eval_every=6)
+  assert int(train(longer, workdir, resume=True).step) == 6
+  assert set(_losses(workdir)) == {1, 2, 3, 4, 5, 6} and checkpoint.load_config(workdir).total_steps == 6
+  with open(os.path.join(workdir, "eval.json")) as f:
+    assert json.load(f)["steps"] == 6
+
 
 def test_total_steps_zero_writes_the_initialized_checkpoint(tiny_visah_config, tmp_path):
   tiny_visah_config.total_steps = 0

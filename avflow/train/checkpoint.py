@@ -13,6 +13,18 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 CONFIG_FILE = "config.json"
+# Config fields (a name covers its subtree) that a resumed run may change; any other difference stops `--resume`.
+# None changes what a training step computes: the run's length (a longer run also stretches the rest of the
+# cosine schedule, as a run started with that length would have it), the logging / evaluation / checkpoint cadence,
+# the response to a non-finite step (the remedy that a halted run's message names), the device layout (the same
+# global batch and mathematics on other hardware, up to float rounding), and the evaluation and inference settings,
+# which only the periodic evaluations use.
+RESUMABLE_FIELDS = ("total_steps", "eval_every", "checkpoint_every", "log_every", "nonfinite", "mesh", "eval",
+                    "inference")
+
+
+class ConfigMismatchError(ValueError):
+  """`--resume` was asked to continue a run with a config that differs in fields outside `RESUMABLE_FIELDS`."""
 
 
 class Checkpointer:
@@ -68,6 +80,33 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and value:
+      out.update(_flat(value, f"{prefix}{key}."))
+    else:
+      out[prefix + key] = value
+  return out
+
+
+def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Raises `ConfigMismatchError` listing each field (dotted path, saved → requested) in which `config` differs
+  from the run's saved config, other than those of `RESUMABLE_FIELDS`."""
+  with open(os.path.join(workdir, CONFIG_FILE)) as f:
+    saved = _flat(json.load(f))
+  requested = _flat(json.loads(config.to_json_best_effort()))
+  show = lambda tree, name: json.dumps(tree[name]) if name in tree else "(absent)"  # noqa: E731
+  differing = [f"{name}: {show(saved, name)} → {show(requested, name)}"
+               for name in sorted(set(saved) | set(requested))
+               if show(saved, name) != show(requested, name)
+               and not any(name == field or name.startswith(field + ".") for field in RESUMABLE_FIELDS)]
+  if differing:
+    raise ConfigMismatchError(f"cannot resume {workdir}: the requested config differs from the run's saved config in "
+                              f"{'; '.join(differing)} (only {', '.join(RESUMABLE_FIELDS)} may change on resume; "
+                              "start a new --workdir to train another config)")
 
 
 def load_config(run_dir: str) -> ml_collections.ConfigDict:

@@ -60,9 +60,11 @@ def train(config, workdir: str, resume: bool = False) -> TrainState:
   distributed.initialize()
   os.makedirs(workdir, exist_ok=True)
   ckpt = checkpoint.Checkpointer(workdir)
-  if ckpt.latest_step() is not None and not resume:
-    raise FileExistsError(f"{workdir} already holds checkpoints (step {ckpt.latest_step()}): pass --resume to "
-                          "continue that run, or choose a new --workdir")
+  if ckpt.latest_step() is not None:
+    if not resume:
+      raise FileExistsError(f"{workdir} already holds checkpoints (step {ckpt.latest_step()}): pass --resume to "
+                            "continue that run, or choose a new --workdir")
+    checkpoint.check_resumable(workdir, config)
   checkpoint.save_config(workdir, config)
 
   model = Highlighter(config.model)
