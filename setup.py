@@ -27,7 +27,10 @@ setup(
     name="avflow",
     version="0.1.0",
     description="Audio-visual conditional flow matching in JAX/Flax: VisAH-FM and relatives.",
-    packages=find_packages(include=["avflow", "avflow.*"]),
+    # `configs/` stays at the top of the tree and installs as the `avflow_configs` package, so an installed avflow
+    # still resolves `--config=configs/visah_fm.py:<variant>` (`avflow.configs_lib.resolve_config_file`).
+    packages=find_packages(include=["avflow", "avflow.*"]) + ["avflow_configs"],
+    package_dir={"avflow_configs": "configs"},
     python_requires=">=3.11",
     install_requires=CORE,
     extras_require={

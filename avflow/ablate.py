@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 
+from avflow.configs_lib import shipped_configs_dir
 from avflow.data.pipeline import make_source
 from avflow.metrics.signal import paper_display
 from avflow.models.highlighter import Highlighter, describe_conditioning
@@ -28,7 +29,6 @@ from avflow.train.step import jit, make_predict_fn
 
 TRAIN_TIME_FILE = "train_time.json"
 EVAL_KEY_FILE = "eval_key.json"
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
 @dataclasses.dataclass
@@ -72,7 +72,8 @@ def parse_overrides(items: list[str]) -> dict:
 
 def load_config(row: Row, overrides: dict | None = None):
   """The row's config variant with `overrides` ({"a.b": value}) applied on top, e.g. a smaller model for every row."""
-  spec = importlib.util.spec_from_file_location(row.config_file[:-3], os.path.join(CONFIG_DIR, row.config_file))
+  spec = importlib.util.spec_from_file_location(row.config_file[:-3],
+                                                os.path.join(shipped_configs_dir(), row.config_file))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config(row.variant)

@@ -4,11 +4,39 @@ Fields that scripts rely on sit at the top level (big_vision style): `total_step
 `eval_every`, `checkpoint_every`, `log_every`. `total_steps=0` writes the initialized checkpoint and stops.
 """
 import dataclasses
+import importlib.util
+import os
 
 import ml_collections
 
 from avflow.flow.objectives import ObjectiveConfig
 from avflow.models import presets
+
+CONFIGS_PACKAGE = "avflow_configs"  # what `configs/` installs as (setup.py), so an installed avflow finds its configs
+
+
+def shipped_configs_dir() -> str:
+  """The config files avflow ships: `configs/` beside the `avflow` package in a source tree, else the installed
+  `avflow_configs` package."""
+  source = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+  if os.path.isfile(os.path.join(source, "visah_fm.py")):
+    return source
+  spec = importlib.util.find_spec(CONFIGS_PACKAGE)
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError(f"neither {source} nor an installed {CONFIGS_PACKAGE} package holds avflow's configs: "
+                            "reinstall avflow")
+  return list(spec.submodule_search_locations)[0]
+
+
+def resolve_config_file(spec: str) -> str:
+  """`configs/<file>.py[:<variant>]` → the same file when it exists relative to the working directory, else the
+  shipped one of that name; any other spec is returned unchanged."""
+  path, sep, variant = spec.partition(":")
+  if os.path.exists(path) or os.path.dirname(os.path.normpath(path)) != "configs":
+    return spec
+  shipped = os.path.join(shipped_configs_dir(), os.path.basename(path))
+  return shipped + sep + variant if os.path.exists(shipped) else spec
+
 
 # Per scale: (total_steps, batch_size, eval_every, checkpoint_every, log_every, learning_rate).
 _SCHEDULE = {

@@ -6,7 +6,9 @@ Select a variant with `--config=configs/visah_fm.py:<scale>[_<row>]`, scale ∈ 
   <scale>_<row>  one row of the paper's ablations, e.g. `toy_fm`, `paper_consistency`; `ROWS` lists them.
 `<scale>` is Table 1's VisAH-FM and conditions like the paper's method (Sec. 2.2.2): CLIP on the frames with the
 CLAP adapter fed by the input mix (V+A); `toy` uses the tiny CLIP and tiny CLAP, so the whole pipeline trains on a
-CPU. The rows of Tables 3–8 build on V only (`TABLE_BASES`): CLIP image features without the adapter.
+CPU. The rows of Tables 3–8 build on V only (`TABLE_BASES`): CLIP image features without the adapter. Table 5
+does not state its conditioning: V only, so each of its rows differs from its on-the-fly twin of Tables 3–4 in
+`data.remix` alone.
 """
 from avflow.configs_lib import base_config
 

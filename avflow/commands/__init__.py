@@ -4,14 +4,27 @@ import sys
 
 from absl import flags
 
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                              "configs", "visah_fm.py") + ":toy"
+from avflow.configs_lib import resolve_config_file, shipped_configs_dir
+
+DEFAULT_CONFIG = os.path.join(shipped_configs_dir(), "visah_fm.py") + ":toy"
+
+
+def _resolve_configs(argv: list[str]) -> list[str]:
+  """`--config=configs/<file>.py[:<variant>]` (or `--config configs/…`) → the shipped file where the working
+  directory has no such file (`configs_lib.resolve_config_file`)."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith("--config="):
+      out[i] = "--config=" + resolve_config_file(arg[len("--config="):])
+    elif arg == "--config" and i + 1 < len(out):
+      out[i + 1] = resolve_config_file(out[i + 1])
+  return out
 
 
 def parse_flags(argv):
-  """absl parsing that turns a bad argument into one clear line and exit status 2."""
+  """absl parsing that resolves config files and turns a bad argument into one clear line and exit status 2."""
   try:
-    return flags.FLAGS(argv)
+    return flags.FLAGS(_resolve_configs(argv))
   except flags.Error as e:
     print(f"{argv[0]}: {e}", file=sys.stderr)
     sys.exit(2)
