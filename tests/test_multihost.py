@@ -145,7 +145,8 @@ def test_ablate_sweep_dry_run_launches_every_row_and_seed_of_a_table():
           if "/opt/v/bin/python -m avflow train" in line]
   expected = [(f"--config=configs/visah_fm.py:{variant}", f"--config.seed={seed}",
                f"--workdir=/scratch/ablate/table7_paper/{variant}/seed{seed}")
-              for variant in ("paper", "paper_fm", "paper_no_warm_start", "paper_fm_no_warm_start") for seed in (0, 1)]
+              for variant in ("paper_v", "paper_fm", "paper_no_warm_start", "paper_fm_no_warm_start")
+              for seed in (0, 1)]
   assert [(r[4], r[-2], r[5]) for r in runs] == expected
   assert all(r[-1] == "--config.batch_size=64" and "--resume" in r for r in runs)
   assert done.stdout.count("sbatch --job-name=avflow --nodes=2") == 8

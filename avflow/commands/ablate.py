@@ -2,6 +2,7 @@
 
 At `toy` (and `small`) scale every row is trained and evaluated here and `docs/results/table<T>_<scale>.md/.json`
 are written; at `paper` scale the per-row training commands are printed for a cluster (`launch/ablate_sweep.sh`).
+First comes the conditioning the table's rows train with, e.g. "Table 3: conditioning V (CLIP, no adapter)".
 """
 from absl import flags
 
