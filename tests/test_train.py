@@ -79,6 +79,23 @@ def test_flow_matching_run_writes_checkpoints_eval_and_samples(tiny_fm_config, t
     assert json.load(f)["steps"] == 6
 
 
+def test_the_resume_check_allows_only_the_resumable_fields(tiny_fm_config, tmp_path):
+  with pytest.raises(checkpoint.ConfigMismatchError, match="holds checkpoints but no config.json"):
+    checkpoint.check_resumable(str(tmp_path), tiny_fm_config)
+  checkpoint.save_config(str(tmp_path), tiny_fm_config)
+  harmless = tiny_fm_config.copy_and_resolve_references()
+  harmless.update(log_every=7, nonfinite="skip")
+  harmless.mesh.fsdp = 2
+  harmless.inference.method = "midpoint"
+  harmless.eval.num_samples = 3
+  checkpoint.check_resumable(str(tmp_path), harmless)
+  harmless.data.seed = 5
+  harmless.model.new_field = 1  # e.g. a field that newer code adds
+  with pytest.raises(checkpoint.ConfigMismatchError,
+                     match=r"in data\.seed: 1234 → 5; model\.new_field: \(absent\) → 1 \(only total_steps"):
+    checkpoint.check_resumable(str(tmp_path), harmless)
+
+
 def test_total_steps_zero_writes_the_initialized_checkpoint(tiny_visah_config, tmp_path):
   tiny_visah_config.total_steps = 0
   workdir = str(tmp_path / "init")

@@ -95,10 +95,17 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Raises `ConfigMismatchError` listing each field (dotted path, saved → requested) in which `config` differs
   from the run's saved config, other than those of `RESUMABLE_FIELDS`."""
-  with open(os.path.join(workdir, CONFIG_FILE)) as f:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise ConfigMismatchError(f"cannot resume {workdir}: it holds checkpoints but no {CONFIG_FILE} to check the "
+                              "requested config against")
+  with open(path) as f:
     saved = _flat(json.load(f))
   requested = _flat(json.loads(config.to_json_best_effort()))
-  show = lambda tree, name: json.dumps(tree[name]) if name in tree else "(absent)"  # noqa: E731
+
+  def show(tree, name):
+    return json.dumps(tree[name]) if name in tree else "(absent)"
+
   differing = [f"{name}: {show(saved, name)} → {show(requested, name)}"
                for name in sorted(set(saved) | set(requested))
                if show(saved, name) != show(requested, name)
