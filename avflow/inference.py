@@ -4,12 +4,19 @@ The audio is cut into windows of the model's clip length with 25% overlap; each 
 from x0 (t=0) for k of the N steps (k = N: the full remix; fewer steps: a gentler one, Sec. 9) with the frames
 (1 per second) that fall in it, and the windows are joined with linear cross-fades. Runs conditioned on captions
 (Table 2 rows V+T, V+T+A, T) take the caption's T5 features, the same for every window.
+
+The model hears and writes mono at its own rate; `in_input_format` brings its soundtrack back to the input's
+channels and rate (`CHANNEL_MODES`).
 """
 import dataclasses
 import os
 
+import librosa
 import numpy as np
+import scipy.interpolate
 from PIL import Image
+
+from avflow.data.remix import integrated_loudness
 
 from avflow.models.highlighter import Highlighter
 from avflow.train import checkpoint
@@ -120,3 +127,57 @@ def rebalance(run: LoadedRun, audio: np.ndarray, frames: np.ndarray | None, step
     out[start:start + window] += ramp * np.asarray(pred)[0, :, 0]
     weight[start:start + window] += ramp
   return (out / np.maximum(weight, 1e-8))[:length]
+
+
+# How a mono model's soundtrack fills the input's channels.
+CHANNEL_MODES = {
+    "copy": "the model's soundtrack, resampled to the input's rate, in every channel",
+    "gain": "the model's time-frequency gain |x̂|/|x0| applied to each input channel: keeps the stereo image and, "
+            "above the model's band, the input's highs (at the gain of the model's top octave)",
+}
+GAIN_WINDOW_SECONDS = 0.064
+
+
+def _gain_stft(x: np.ndarray, rate: int):
+  """STFT with a GAIN_WINDOW_SECONDS window at any rate: (spectrum, bin frequencies in Hz, frame times in s)."""
+  n_fft = 2 * int(round(GAIN_WINDOW_SECONDS * rate / 2))
+  hop = n_fft // 4
+  spec = librosa.stft(x, n_fft=n_fft, hop_length=hop)
+  return spec, librosa.fft_frequencies(sr=rate, n_fft=n_fft), np.arange(spec.shape[-1]) * hop / rate, hop
+
+
+def in_input_format(x1_hat: np.ndarray, x0: np.ndarray, rate: int, native: np.ndarray, native_rate: int,
+                    mode: str = "copy") -> np.ndarray:
+  """The model's soundtrack `x1_hat` (L,) at `rate`, computed from the mono mix `x0` (L,), in the format of the
+  input's own soundtrack `native` (C, L') at `native_rate`: (C, L') float32, by `mode` (`CHANNEL_MODES`)."""
+  if mode not in CHANNEL_MODES:
+    raise ValueError(f"unknown channel mode {mode!r}; expected one of {sorted(CHANNEL_MODES)}")
+  native = np.asarray(native, np.float32).reshape(-1, np.shape(native)[-1])
+  length = native.shape[-1]
+  if mode == "copy":
+    mono = librosa.resample(np.asarray(x1_hat, np.float32), orig_sr=rate, target_sr=native_rate)
+    mono = np.pad(mono, (0, max(0, length - len(mono))))[:length]
+    return np.repeat(mono[None], len(native), axis=0)
+  pred, freqs, times, _ = _gain_stft(np.asarray(x1_hat, np.float32), rate)
+  mix, _, _, _ = _gain_stft(np.asarray(x0, np.float32), rate)
+  eps = 1e-4 * np.abs(mix).max() + 1e-12  # where the mix is silent the gain is 1, not noise / 0
+  gain = (np.abs(pred) + eps) / (np.abs(mix) + eps)
+  top = freqs >= freqs[-1] / 2  # the model's top octave, whose energy ratio carries on above its band
+  top_gain = np.sqrt((np.sum(np.abs(pred[top]) ** 2, 0) + eps ** 2) / (np.sum(np.abs(mix[top]) ** 2, 0) + eps ** 2))
+  spec, native_freqs, native_times, hop = _gain_stft(native, native_rate)
+  t = np.clip(native_times, times[0], times[-1])
+  inside = native_freqs <= freqs[-1]
+  grid = np.stack(np.meshgrid(native_freqs[inside], t, indexing="ij"), axis=-1)
+  native_gain = np.empty(spec.shape[-2:], np.float64)
+  native_gain[inside] = scipy.interpolate.RegularGridInterpolator((freqs, times), gain)(grid)
+  native_gain[~inside] = np.interp(t, times, top_gain)[None]
+  out = librosa.istft(spec * native_gain, hop_length=hop, n_fft=2 * (spec.shape[-2] - 1), length=length)
+  return out.astype(np.float32)
+
+
+def describe_change(x0: np.ndarray, x1_hat: np.ndarray, rate: int) -> str:
+  """One line on what the model changed: integrated loudness before and after, and the change's level."""
+  before, after = integrated_loudness(x0, rate), integrated_loudness(x1_hat, rate)
+  change = 10 * np.log10(np.sum((x1_hat - x0) ** 2) / max(np.sum(x0 ** 2), 1e-20) + 1e-20)
+  return (f"the model moved the mix's loudness from {before:.1f} to {after:.1f} LUFS; the change itself lies "
+          f"{-change:.1f} dB below the input")

@@ -92,3 +92,58 @@ def test_highlight_errors_are_clear(run_dir, tmp_path):
   for args, message in cases:
     res = _highlight(*args)
     assert res.returncode != 0 and message in res.stderr, (args, res.stderr[-2000:])
+
+
+def _stereo_pair(sr, seconds=2.0):
+  t = np.arange(int(seconds * sr)) / sr
+  left = 0.3 * np.sin(2 * np.pi * 300 * t) + 0.1 * np.sin(2 * np.pi * 3000 * t)
+  left += 0.1 * np.sin(2 * np.pi * 5000 * t)  # above an 8 kHz model's band
+  right = 0.2 * np.sin(2 * np.pi * 700 * t) * (1 + np.sin(2 * np.pi * 2 * t)) / 2
+  return np.stack([left, right]).astype(np.float32)
+
+
+def test_in_input_format_copy_puts_the_model_output_in_every_channel_at_the_input_rate():
+  from avflow.inference import in_input_format
+  native = _stereo_pair(16000)
+  x0 = video.mono_resample(native, 16000, SR)
+  x1_hat = 0.5 * x0
+  out = in_input_format(x1_hat, x0, SR, native, 16000, "copy")
+  assert out.shape == native.shape and out.dtype == np.float32
+  np.testing.assert_array_equal(out[0], out[1])
+  upsampled = video.mono_resample(x1_hat, SR, 16000)
+  np.testing.assert_allclose(out[0], upsampled, atol=1e-6)
+
+
+def test_in_input_format_gain_keeps_each_channel_and_the_band_above_the_model():
+  """The model's change as a time-frequency gain: no change keeps the input, halving halves every channel
+  (the 5 kHz tone an 8 kHz model cannot hear too: it follows the model's top octave, 2–4 kHz)."""
+  from avflow.inference import in_input_format
+  native = _stereo_pair(16000)
+  x0 = video.mono_resample(native, 16000, SR)
+  kept = in_input_format(x0, x0, SR, native, 16000, "gain")
+  np.testing.assert_allclose(kept, native, atol=2e-3)
+  halved = in_input_format(0.5 * x0, x0, SR, native, 16000, "gain")
+  inner = slice(2000, -2000)
+  np.testing.assert_allclose(halved[:, inner], 0.5 * native[:, inner], atol=5e-3)
+  with pytest.raises(ValueError, match="unknown channel mode"):
+    in_input_format(x0, x0, SR, native, 16000, "surround")
+
+
+def test_highlight_keeps_the_input_channels_rate_and_bit_rate(run_dir, tmp_path):
+  sr = 16000
+  native = _stereo_pair(sr, seconds=3.0)
+  src = make_video(tmp_path / "stereo.mp4", seconds=3.0, fps=4, audio=native, sample_rate=sr, bit_rate=96_000)
+  before = video.read_video(src, SR, 16)
+  res = _highlight(src, tmp_path / "out.mp4", f"--workdir={run_dir}")
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert "2 channels at 16000 Hz" in res.stdout and "the model ran in mono at 8000 Hz" in res.stdout
+  assert "LUFS" in res.stdout
+  after = video.read_video(str(tmp_path / "out.mp4"), SR, 16)
+  assert after.native_rate == sr and after.native_audio.shape[0] == 2
+  assert f"AAC {before.audio_bit_rate // 1000} kbps" in res.stdout  # the encoder is asked for the input's rate
+  assert after.audio_bit_rate > 0.6 * before.audio_bit_rate  # AAC's average rate follows the content
+  res = _highlight(src, tmp_path / "out.wav", f"--workdir={run_dir}", "--channels=gain", "--steps=0")
+  assert res.returncode == 0, res.stderr[-3000:]
+  wav, wav_sr = sf.read(tmp_path / "out.wav", dtype="float32", always_2d=True)
+  assert wav_sr == sr and wav.shape == before.native_audio.T.shape
+  np.testing.assert_allclose(wav.T, before.native_audio, atol=2e-3)  # zero steps: the input, stereo kept

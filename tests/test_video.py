@@ -20,22 +20,28 @@ def picture(i: int, h: int = 48, w: int = 64) -> np.ndarray:
   return img
 
 
-def make_video(path, seconds=3.0, fps=10, audio=None, sample_rate=SR, codec="mpeg4", size=(64, 48)):
-  """Encode `seconds` of `picture(i)` frames at `fps` (a Fraction is fine) and optional mono `audio` as AAC."""
+def make_video(path, seconds=3.0, fps=10, audio=None, sample_rate=SR, codec="mpeg4", size=(64, 48), bit_rate=None):
+  """Encode `seconds` of `picture(i)` frames at `fps` (a Fraction is fine) and optional `audio` ((L,) mono or
+  (C, L)) as AAC at `bit_rate` (FFmpeg's default if None)."""
   fps = fractions.Fraction(fps)
+  if audio is not None:
+    audio = np.asarray(audio, np.float32).reshape(-1, np.shape(audio)[-1])
+    layout = av.AudioLayout(f"{len(audio)}c").name
   with av.open(str(path), "w") as out:
     stream = out.add_stream(codec, rate=fps)
     stream.width, stream.height = size
     stream.pix_fmt = "yuv420p"
     if audio is not None:
-      sound = out.add_stream("aac", rate=sample_rate, layout="mono")
+      sound = out.add_stream("aac", rate=sample_rate, layout=layout)
+      if bit_rate:
+        sound.bit_rate = bit_rate
     for i in range(int(round(seconds * fps))):
       frame = av.VideoFrame.from_ndarray(picture(i, size[1], size[0]), format="rgb24")
       frame.pts = i
       out.mux(stream.encode(frame))
     out.mux(stream.encode(None))
     if audio is not None:
-      frame = av.AudioFrame.from_ndarray(np.asarray(audio, np.float32)[None], format="fltp", layout="mono")
+      frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio), format="fltp", layout=layout)
       frame.sample_rate, frame.pts = sample_rate, 0
       out.mux(sound.encode(frame))
       out.mux(sound.encode(None))
@@ -120,3 +126,24 @@ def test_write_video_with_audio(tmp_path, codec, suffix, exact):
   assert v.duration == pytest.approx(2.0, abs=0.1)
   assert v.audio.shape == new.shape
   assert np.corrcoef(v.audio, new)[0, 1] > 0.99
+
+
+def test_native_soundtrack_kept_and_written_back_in_its_format(tmp_path):
+  """A stereo 16 kHz track at 64 kbps: read keeps it as stored, and writing (C, L) keeps channels, rate, bit rate."""
+  sr = 16000
+  left, right = tone(2.0, 220.0, sr), tone(2.0, 550.0, sr)
+  src = make_video(tmp_path / "stereo.mp4", seconds=2.0, fps=10, audio=np.stack([left, right]), sample_rate=sr,
+                   bit_rate=64_000)
+  v = video.read_video(src, SR, 16)
+  assert v.native_rate == sr and v.native_audio.shape[0] == 2 and v.audio.shape == (2 * SR,)
+  assert 48_000 <= v.audio_bit_rate <= 80_000
+  def corr(a, b):
+    return np.corrcoef(a[2000:30000], b[2000:30000])[0, 1]
+  assert corr(v.native_audio[0], left) > 0.97 and corr(v.native_audio[1], right) > 0.97
+  assert abs(corr(v.native_audio[0], right)) < 0.2
+  out = str(tmp_path / "out.mp4")
+  video.write_video_with_audio(src, v.native_audio[::-1], sr, out, v.audio_bit_rate)
+  w = video.read_video(out, SR, 16)
+  assert w.native_rate == sr and w.native_audio.shape[0] == 2
+  assert abs(w.audio_bit_rate - v.audio_bit_rate) < 16_000
+  assert corr(w.native_audio[0], right) > 0.95 and corr(w.native_audio[1], left) > 0.95

@@ -2,7 +2,9 @@
 
 INPUT is a video (its audio track and its frames at 1 fps drive the model) or an audio file together with
 `--frames`, a directory of the video's frames at 1 fps. OUTPUT ending in `.wav` gets the rebalanced soundtrack
-(32-bit float); any other OUTPUT gets the input video with its picture stream unchanged and the new audio. A run
+(32-bit float); any other OUTPUT gets the input video with its picture stream unchanged and the new audio as AAC
+at the input's bit rate. Either way the soundtrack keeps the input's sample rate and channels: the model hears
+the mono mix at its own rate, and `--channels` says how its mono result fills the input's channels. A run
 conditioned on captions (Table 2 rows V+T, V+T+A, T) also takes `--caption="..." --text_encoder=DIR`: the caption
 is encoded by the same local T5 encoder the training records were prepared with.
 """
@@ -13,8 +15,8 @@ import soundfile as sf
 from absl import flags
 
 from avflow.commands import parse_flags  # noqa: F401
-from avflow.data.video import VideoError, mono_resample, read_video, write_video_with_audio
-from avflow.inference import load_frames, load_run, rebalance
+from avflow.data.video import AAC_BITRATE, VideoError, mono_resample, read_video, write_video_with_audio
+from avflow.inference import CHANNEL_MODES, describe_change, in_input_format, load_frames, load_run, rebalance
 
 flags.DEFINE_string("workdir", None, "Trained run directory (its config.json and checkpoints/).", required=True)
 flags.DEFINE_string("frames", None, "For an audio INPUT: the directory of the video's frames at 1 fps.")
@@ -22,6 +24,7 @@ flags.DEFINE_integer("steps", None, "Stop after k of the N flow steps (how stron
 flags.DEFINE_integer("sample_rate", None, "Refuse to run unless the checkpoint was trained at this sample rate.")
 flags.DEFINE_string("caption", None, "For a caption-conditioned run: the clip's caption (one text for the whole clip).")
 flags.DEFINE_string("text_encoder", None, "For --caption: the local T5 encoder folder the records were prepared with.")
+flags.DEFINE_enum("channels", "copy", list(CHANNEL_MODES), "; ".join(f"{k}: {v}" for k, v in CHANNEL_MODES.items()))
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff")
 
@@ -66,10 +69,11 @@ def main(argv):
     if not f.frames and run.uses_frames:
       _fail(f"{source} is an audio file: pass --frames=DIR with the video's frames at 1 fps")
     try:
-      audio, sr = sf.read(source, dtype="float32", always_2d=True)
+      native, native_rate = sf.read(source, dtype="float32", always_2d=True)
     except (RuntimeError, sf.LibsndfileError) as e:
       _fail(f"cannot read audio {source}: {e}")
-    audio = mono_resample(audio.T, sr, run.sample_rate)
+    native, bit_rate = native.T, None
+    audio = mono_resample(native, native_rate, run.sample_rate)
     frames = load_frames(f.frames, image_size) if f.frames else None
   else:
     try:
@@ -77,16 +81,23 @@ def main(argv):
     except VideoError as e:
       _fail(str(e))
     audio, frames = video.audio, video.frames
+    native, native_rate, bit_rate = video.native_audio, video.native_rate, video.audio_bit_rate
     if f.frames:
       frames = load_frames(f.frames, image_size)
   try:
-    out = np.clip(rebalance(run, audio, frames, f.steps, text), -1.0, 1.0)
+    x1_hat = np.clip(rebalance(run, audio, frames, f.steps, text), -1.0, 1.0)
   except ValueError as e:
     _fail(str(e))
+  out = np.clip(in_input_format(x1_hat, audio, run.sample_rate, native, native_rate, f.channels), -1.0, 1.0)
+  channels = f"{len(out)} channel{'s' * (len(out) > 1)}"
   if output.lower().endswith(".wav"):
-    sf.write(output, out, run.sample_rate, subtype="FLOAT")  # the model's samples, unquantized
+    sf.write(output, out.T, native_rate, subtype="FLOAT")  # unquantized
+    written = f"{channels} at {native_rate} Hz, 32-bit float"
   elif is_audio:
     _fail("an audio INPUT can only be written to a .wav OUTPUT")
   else:
-    write_video_with_audio(source, out, run.sample_rate, output)
-  print(f"wrote {output} ({len(out) / run.sample_rate:.2f} s of audio at {run.sample_rate} Hz)")
+    write_video_with_audio(source, out, native_rate, output, bit_rate)
+    written = f"{channels} at {native_rate} Hz, AAC {(bit_rate or AAC_BITRATE) // 1000} kbps"
+  print(f"wrote {output} ({out.shape[-1] / native_rate:.2f} s of audio, {written}; the model ran in mono at "
+        f"{run.sample_rate} Hz, --channels={f.channels})")
+  print(describe_change(audio, x1_hat, run.sample_rate))

@@ -33,11 +33,15 @@ class NoAudioTrackError(VideoError):
 class Video:
   """A decoded clip: `frames` (F, N, N, 3) uint8, one per `1 / frames_per_second` seconds; `audio` (L,)
   float32 mono at `sample_rate`, or None when the file has no audio track; `duration` of the picture
-  stream in seconds."""
+  stream in seconds. The soundtrack as stored is kept too: `native_audio` (C, L') float32 at `native_rate`,
+  and `audio_bit_rate` (bits/s, None when the container does not declare it)."""
   frames: np.ndarray
   audio: np.ndarray | None
   sample_rate: int
   duration: float
+  native_audio: np.ndarray | None = None
+  native_rate: int | None = None
+  audio_bit_rate: int | None = None
 
 
 def clip_frame(image: Image.Image, size: int) -> np.ndarray:
@@ -99,15 +103,16 @@ def read_video(path: str, sample_rate: int, image_size: int, frames_per_second: 
   frames = picker.finish()
   if frames is None:
     raise VideoError(f"{path}: the video stream holds no decodable frames")
-  samples = None
-  if audio is not None:
-    if not chunks:
-      raise VideoError(f"{path}: the audio track holds no decodable samples")
-    native = np.concatenate(chunks, axis=1)
-    if declared is not None:  # drop the encoder's padding after the declared end
-      native = native[:, :max(1, int(round(float(declared) * native_rate)))]
-    samples = mono_resample(native, native_rate, sample_rate)
-  return Video(frames=frames, audio=samples, sample_rate=sample_rate, duration=picker.duration)
+  if audio is None:
+    return Video(frames=frames, audio=None, sample_rate=sample_rate, duration=picker.duration)
+  if not chunks:
+    raise VideoError(f"{path}: the audio track holds no decodable samples")
+  native = np.concatenate(chunks, axis=1)
+  if declared is not None:  # drop the encoder's padding after the declared end
+    native = native[:, :max(1, int(round(float(declared) * native_rate)))]
+  return Video(frames=frames, audio=mono_resample(native, native_rate, sample_rate), sample_rate=sample_rate,
+               duration=picker.duration, native_audio=native, native_rate=native_rate,
+               audio_bit_rate=audio.bit_rate or audio.codec_context.bit_rate or None)
 
 
 def _frame_seconds(stream) -> float:
@@ -156,14 +161,18 @@ class _FramePicker:
     return np.stack(self.picked)
 
 
-def write_video_with_audio(src_video: str, audio: np.ndarray, sample_rate: int, out_path: str) -> None:
-  """Write `out_path` with the picture stream of `src_video` and `audio` (L,) mono as AAC at `sample_rate`.
+def write_video_with_audio(src_video: str, audio: np.ndarray, sample_rate: int, out_path: str,
+                           bit_rate: int | None = None) -> None:
+  """Write `out_path` with the picture stream of `src_video` and `audio` ((L,) mono or (C, L)) as AAC at
+  `sample_rate` and `bit_rate` bits/s (default `AAC_BITRATE`).
 
   The picture packets are copied unchanged (remuxed) when the output container accepts their codec;
   otherwise the frames are re-encoded with H.264 at the same size and timestamps. Other streams of the
   source (its old audio, subtitles) are dropped. Audio is clipped to [-1, 1].
   """
-  samples = np.clip(np.asarray(audio, dtype=np.float32).reshape(1, -1), -1.0, 1.0)
+  samples = np.asarray(audio, dtype=np.float32)
+  samples = np.ascontiguousarray(np.clip(samples.reshape(-1, samples.shape[-1]), -1.0, 1.0))
+  layout = av.AudioLayout(f"{len(samples)}c").name  # FFmpeg's default layout for that many channels
   if not samples.size:
     raise ValueError("write_video_with_audio: the audio is empty")
   try:
@@ -183,9 +192,9 @@ def write_video_with_audio(src_video: str, audio: np.ndarray, sample_rate: int, 
         out_video.width, out_video.height = in_video.codec_context.width, in_video.codec_context.height
         out_video.pix_fmt = "yuv420p"
         out_video.options = {"crf": "18"}
-      out_audio = out.add_stream("aac", rate=sample_rate, layout="mono")
-      out_audio.bit_rate = AAC_BITRATE
-      frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+      out_audio = out.add_stream("aac", rate=sample_rate, layout=layout)
+      out_audio.bit_rate = bit_rate or AAC_BITRATE
+      frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout=layout)
       frame.sample_rate, frame.pts = sample_rate, 0
       out.mux(out_audio.encode(frame))
       out.mux(out_audio.encode(None))
