@@ -36,6 +36,9 @@ def run(argv=None) -> None:
     print(f"avflow: unknown command {command!r}; expected one of: {', '.join(COMMANDS)}", file=sys.stderr)
     sys.exit(2)
   from absl import app
+
+  from avflow import compile_cache
+  compile_cache.enable()
   module = importlib.import_module(f"avflow.commands.{MODULES.get(command, command)}")
   app.run(module.main, argv=[f"avflow {command}"] + argv[2:], flags_parser=module.parse_flags)
 

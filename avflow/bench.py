@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core
 
+from avflow import compile_cache
 from avflow.flow.objectives import REMAT_POLICIES
 from avflow.models.highlighter import Highlighter
 from avflow.train.state import abstract_batch, create_train_state, make_optimizer
@@ -49,6 +50,18 @@ def xla_flops(compiled_or_lowered) -> float:
   return float(cost.get("flops", 0.0))
 
 
+def compile_figures(jitted, *args) -> tuple[object, dict]:
+  """Lowers and compiles `jitted` for `args`: (the executable, {compile_s (lowering included), hlo_lines (of the
+  lowered StableHLO text), compile_cache_hit (the persistent cache answered)})."""
+  with compile_cache.count_hits() as hits:
+    start = time.perf_counter()
+    lowered = jitted.lower(*args)
+    compiled = lowered.compile()
+    seconds = time.perf_counter() - start
+  return compiled, {"compile_s": seconds, "hlo_lines": len(lowered.as_text().splitlines()),
+                    "compile_cache_hit": hits[0] > 0}
+
+
 class Step:
   """A compiled train step of one config; with `allocate`, it holds a state and can be timed (the state is donated)."""
 
@@ -61,10 +74,8 @@ class Step:
     self.state = init(batch) if allocate else jax.eval_shape(init, batch)
     self.batch = jax.device_put(batch)
     self.rng = jax.random.PRNGKey(0)
-    start = time.perf_counter()
-    self.compiled = jit(make_train_step(model, config, tx), donate_argnums=(0,)).lower(
-        self.state, self.batch, self.rng).compile()
-    self.compile_s = time.perf_counter() - start
+    self.compiled, self.compile = compile_figures(jit(make_train_step(model, config, tx), donate_argnums=(0,)),
+                                                  self.state, self.batch, self.rng)
     self.flops = xla_flops(self.compiled)
     self.memory = memory_bytes(self.compiled)
 
@@ -119,7 +130,7 @@ def time_interleaved(fns: dict[str, Callable[[], float]], repeats: int) -> dict[
 
 
 def _figures(step: Step, seconds: float | None, flops_model: float, peak_flops: float) -> dict:
-  out = {"compile_s": step.compile_s, "xla_flops": step.flops, "model_flops": flops_model, **step.memory}
+  out = {**step.compile, "xla_flops": step.flops, "model_flops": flops_model, **step.memory}
   if seconds is not None:
     out.update(step_s=seconds, achieved_flops_per_s=flops_model / seconds)
     if peak_flops:
@@ -185,9 +196,7 @@ def bench_infer(config, repeats: int = 3, num_steps: int = 4) -> dict:
   model = Highlighter(config.model)
   batch = random_batch(config, 1)
   params = create_train_state(model, config, batch, make_optimizer(config)).params
-  start = time.perf_counter()
-  compiled = jit(make_predict_fn(model, config)).lower(params, batch).compile()
-  compile_s = time.perf_counter() - start
+  compiled, compile = compile_figures(jit(make_predict_fn(model, config)), params, batch)
 
   def call():
     start = time.perf_counter()
@@ -197,7 +206,7 @@ def bench_infer(config, repeats: int = 3, num_steps: int = 4) -> dict:
   seconds = time_interleaved({"infer": call}, repeats)["infer"]
   clip_s = float(config.data.clip_seconds)
   return {"num_steps": num_steps, "clip_s": clip_s, "infer_s": seconds, "real_time_factor": seconds / clip_s,
-          "compile_s": compile_s, "xla_flops": xla_flops(compiled), **memory_bytes(compiled)}
+          **compile, "xla_flops": xla_flops(compiled), **memory_bytes(compiled)}
 
 
 def bench_data(data_cfg, batch_size: int, workers=(0, 1, 2), warmup_examples: int = 600,

@@ -90,3 +90,47 @@ def test_jit_keeps_reductions_over_time_out_of_ynnpack_on_cpu(monkeypatch):
   # A choice made in XLA_FLAGS is left alone (this process started with XLA's default, which then applies).
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=+reduce")
   assert _ynn_fusion_ops(step.jit(fn), *args) == default
+
+
+def _bench_infer(env):
+  import json
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  tiny_flags = ["--config.data.clip_seconds=1.0", "--config.data.image_size=16", "--config.model.channels=4",
+                "--config.model.latent.depth=1", "--config.model.conditioning.kind=frames_tiny",
+                "--config.model.latent.context_dim=16", "--config.model.time_embed_dim=16"]
+  res = subprocess.run([sys.executable, "-m", "avflow", "bench", "--what=infer", "--repeats=1", *tiny_flags],
+                       cwd=root, env=env, capture_output=True, text=True, timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_compilation_cache_is_on_by_default_in_the_user_cache(tmp_path):
+  """Two benches in a fresh home: the first compiles and fills ~/.cache/avflow/jax, the second loads from it."""
+  import os
+  home = tmp_path / "home"
+  home.mkdir()
+  env = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", "XDG_CACHE_HOME")}
+  env.update(HOME=str(home), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  first, second = _bench_infer(env), _bench_infer(env)
+  assert first["hlo_lines"] > 100 and second["hlo_lines"] == first["hlo_lines"]
+  assert not first["compile_cache_hit"] and second["compile_cache_hit"]
+  assert os.listdir(home / ".cache" / "avflow" / "jax")
+
+
+def test_compilation_cache_folder_choice(monkeypatch, tmp_path):
+  from avflow import compile_cache
+  for name in ("JAX_COMPILATION_CACHE_DIR", compile_cache.ENV, "XDG_CACHE_HOME"):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setenv("HOME", str(tmp_path))
+  assert compile_cache.cache_dir() == str(tmp_path / ".cache" / "avflow" / "jax")
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+  assert compile_cache.cache_dir() == str(tmp_path / "xdg" / "avflow" / "jax")
+  monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "mine"))
+  assert compile_cache.cache_dir() == str(tmp_path / "mine")
+  monkeypatch.setenv(compile_cache.ENV, "off")
+  assert compile_cache.cache_dir() is None
+  monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax"))  # JAX's own setting wins
+  assert compile_cache.cache_dir() == str(tmp_path / "jax")

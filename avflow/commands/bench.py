@@ -5,6 +5,8 @@ Prints a table of the figures, then the same figures as ONE JSON line (last line
   step     the config's train step: time, compile time, FLOPs, FLOP/s, MFU (with --peak_flops), peak memory
   infer    highlighting one clip with 4 Euler steps: seconds and real-time factor
   data     examples/s of the Grain pipeline (toy source) at the config's shape and at 44.1 kHz × 10 s
+Each compiled step reports `compile_s` (lowering + compiling), `hlo_lines` (lines of its StableHLO text) and
+`compile_cache_hit` (loaded from the persistent compilation cache, `avflow.compile_cache`).
 """
 import json
 
