@@ -269,8 +269,9 @@ def test_clip_features_become_context(tmp_path):
 
 
 def test_prepare_with_a_config_then_train_on_three_clips(tmp_path, tiny_fm_config, caplog):
-  """A small own folder, end to end: prepare takes its shapes from the config, and a run on records without a
-  val split evaluates on a held-out clip."""
+  """A small own folder, end to end: prepare takes its shapes from the config, a run on records without a
+  val split evaluates on a held-out clip, and the report shows its frames, loudness and curves."""
+  from avflow.report.html import write_report
   from avflow.train.loop import train
   inp, stems_dir, out, run_dir = tmp_path / "videos", tmp_path / "stems", tmp_path / "out", tmp_path / "run"
   os.makedirs(inp)
@@ -317,3 +318,13 @@ def test_prepare_with_a_config_then_train_on_three_clips(tmp_path, tiny_fm_confi
   evaluated = json.loads((run_dir / "eval.json").read_text())
   assert evaluated["steps"] == 2 and evaluated["num_clips"] == 2
   assert os.listdir(run_dir / "samples") == ["beach_w000"]
+  sample = run_dir / "samples" / "beach_w000"  # what the report shows per clip: frames and each source's loudness
+  assert sorted(os.listdir(sample / "frames")) == ["000.png"]
+  loud = json.loads((sample / "loudness.json").read_text())
+  held = by_id(records.RecordSource(str(out), "train"))["beach_w000"]
+  assert loud["sources"] == ["speech", "music", "effects"] and len(loud["prediction"]) == 3
+  np.testing.assert_allclose(loud["target"], stem_loudness(held["stems"], SR), atol=1e-3)
+  page = open(write_report(str(run_dir))).read()
+  for link in ("report_files/loss_curves.png", "report_files/trajectory_cosine.png",
+               "report_files/beach_w000/loudness.png", "samples/beach_w000/frames/000.png"):
+    assert f'src="{link}"' in page, link

@@ -36,7 +36,7 @@ LOUDNESS = {"sources": ["speech", "music", "effects"], "input": [-31.2, -18.4, -
             "prediction": [-20.5, -27.9, -24.1], "target": [-19.8, -28.3, None]}  # a silent target effects stem
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--mute-audio", "--remote-debugging-pipe")
+                  "--mute-audio", "--remote-debugging-pipe")  # scrollbars shown: they narrow the page as in a desktop
 
 
 @pytest.fixture
@@ -212,8 +212,12 @@ INSPECT_JS = """(async () => {
   return {
     audio: audios.map(a => ({clip: a.dataset.clip, stream: a.dataset.stream, ready: a.readyState,
                              error: a.error ? a.error.code : null, duration: a.duration})),
-    images: [...document.images].map(i => ({src: i.getAttribute('src'), ok: i.complete && i.naturalWidth > 0})),
+    images: [...document.images].map(i => ({src: i.getAttribute('src'), alt: i.alt,
+                                            ok: i.complete && i.naturalWidth > 0})),
     title: document.title,
+    scrollWidth: document.documentElement.scrollWidth,
+    clientWidth: document.documentElement.clientWidth,
+    text: document.body.innerText,
   };
 })()"""
 
@@ -277,8 +281,18 @@ def test_report_in_headless_chromium(run_dir, tmp_path):
   for a in info["audio"]:
     assert a["error"] is None and a["ready"] >= 1, a
     assert a["duration"] == pytest.approx(0.5, abs=0.01), a
-  assert len(info["images"]) == 2 + 2 * len(pairs) and all(i["ok"] for i in info["images"]), info["images"]
-  assert pixels.shape[1] == 1280 and pixels.var() > 200.0, pixels.var()
+  # frames, a waveform and a spectrogram per stream, a loudness chart per clip, the loss and cosine plots
+  assert len(info["images"]) == 2 + 2 * len(pairs) + len(CLIPS) + 2 and all(i["ok"] for i in info["images"]), \
+      info["images"]
+  alts = [i["alt"] for i in info["images"]]
+  assert alts.count("frame 000.png") == alts.count("frame 001.png") == 1
+  assert sorted(a for a in alts if a.endswith("loudness per source")) == sorted(
+      f"{c} loudness per source" for c in CLIPS)
+  assert "loss curves" in alts and "per-step cosine" in alts
+  assert info["text"].count("lower is better") >= 4 + 2 and "higher is better" in info["text"]
+  # No horizontal scroll in a 1280-px window, its vertical scrollbar included.
+  assert info["scrollWidth"] <= info["clientWidth"] <= 1280, (info["scrollWidth"], info["clientWidth"])
+  assert pixels.shape[1] == info["clientWidth"] and pixels.var() > 200.0, pixels.var()  # the page, less its scrollbar
   # The same checks see a broken link: one missing image, reported on the console.
   assert [i["src"] for i in broken_info["images"] if not i["ok"]] == ["report_files/clip_a/target_waveform.png"]
   assert any("target_waveform.png" in e or "ERR_FILE_NOT_FOUND" in e for e in broken_errors), broken_errors

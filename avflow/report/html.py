@@ -43,14 +43,14 @@ th { background: #eef; }
 td.num { text-align: right; font-family: monospace; }
 td.better { color: #555; font-size: 90%; }
 table.streams { width: 100%; table-layout: fixed; }
-table.streams col.name { width: 90px; }
+table.streams col.name { width: 110px; }
 table.streams col.audio { width: 260px; }
 table.streams audio { width: 100%; }
 section.clip { border-top: 2px solid #88a; margin-top: 24px; padding-top: 8px; }
 .frames { display: flex; flex-wrap: wrap; gap: 4px; }
 .frames img { height: 96px; width: auto; border: 1px solid #ccc; }
 .plots { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
-figure { margin: 0; }
+figure { margin: 0; max-width: 480px; }
 figcaption, .note { color: #555; font-size: 90%; }
 """
 
@@ -138,7 +138,8 @@ def loss_curves_png(rows: list[dict], path: str) -> None:
   positive = True
   for name in names:
     points = [(r["step"], r[name]) for r in rows if r.get(name) is not None]
-    ax.plot(*zip(*points), lw=1.2 if name == "loss" else 0.8, label=name)
+    ax.plot(*zip(*points), lw=1.2 if name == "loss" else 0.8, marker="o" if len(points) <= 20 else None, ms=3,
+            label=name)
     positive &= all(v > 0 for _, v in points)
   if positive:
     ax.set_yscale("log")
@@ -299,7 +300,8 @@ def write_report(workdir: str) -> str:
   body.append(f"<h2>Clips ({len(clips)})</h2>")
   body += [clip_html(workdir, clip) for clip in clips] or ["<p class=\"note\">No samples/ in this run.</p>"]
   page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-          f"<meta name=\"viewport\" content=\"width=device-width\"><style>{STYLE}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
+          "<meta name=\"viewport\" content=\"width=device-width\">"
+          f"<style>{STYLE}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
   path = os.path.join(workdir, REPORT_NAME)
   with open(path, "w", encoding="utf-8") as f:
     f.write(page)
