@@ -248,6 +248,15 @@ def test_hash_split_is_stable_and_groups_sub_clips(tmp_path):
   assert sum(len(m) for m in assigned.values()) == 60
 
 
+def test_held_out_clips_are_stable_and_leave_training_clips():
+  clips = [f"clip{i}" for i in range(25)]
+  held = records.held_out_clips(clips)
+  assert len(held) == 2 and held == records.held_out_clips(clips[::-1] + clips[:3])  # order and repeats do not matter
+  assert set(held) < set(clips)
+  assert records.held_out_clips(["a", "b"]) in (["a"], ["b"]) and records.held_out_clips(["only"]) == []
+  assert [records.window_clip(w) for w in ("a_w000", "b_w0_w012", "c")] == ["a", "b_w0", "c"]
+
+
 def test_clip_features_become_context(tmp_path):
   torch = pytest.importorskip("torch")
   inp, out = tmp_path / "in", tmp_path / "out"
