@@ -248,6 +248,15 @@ def test_hash_split_is_stable_and_groups_sub_clips(tmp_path):
   assert sum(len(m) for m in assigned.values()) == 60
 
 
+def test_held_out_clips_are_stable_and_leave_training_clips():
+  clips = [f"clip{i}" for i in range(25)]
+  held = records.held_out_clips(clips)
+  assert len(held) == 2 and held == records.held_out_clips(clips[::-1] + clips[:3])  # order and repeats do not matter
+  assert set(held) < set(clips)
+  assert records.held_out_clips(["a", "b"]) in (["a"], ["b"]) and records.held_out_clips(["only"]) == []
+  assert [records.window_clip(w) for w in ("a_w000", "b_w0_w012", "c")] == ["a", "b_w0", "c"]
+
+
 def test_clip_features_become_context(tmp_path):
   torch = pytest.importorskip("torch")
   inp, out = tmp_path / "in", tmp_path / "out"
@@ -266,3 +275,65 @@ def test_clip_features_become_context(tmp_path):
       examples.update(by_id(records.RecordSource(str(out), split)))
   np.testing.assert_array_equal(examples["a_w000"]["context"], feats[:2].numpy())
   np.testing.assert_array_equal(examples["a_w001"]["context"], feats[[2, 2]].numpy())
+
+
+def test_prepare_with_a_config_then_train_on_three_clips(tmp_path, tiny_fm_config, caplog):
+  """A small own folder, end to end: prepare takes its shapes from the config, a run on records without a
+  val split evaluates on a held-out clip, and the report shows its frames, loudness and curves."""
+  from avflow.report.html import write_report
+  from avflow.train.loop import train
+  inp, stems_dir, out, run_dir = tmp_path / "videos", tmp_path / "stems", tmp_path / "out", tmp_path / "run"
+  os.makedirs(inp)
+  names = ("beach", "city", "forest")
+  assert {records._hash_split(n) for n in names} == {"train"}  # the case that left train without a val split
+  for name in names:
+    make_video(inp / f"{name}.mp4", seconds=2.0, audio=tone(2.0))
+    os.makedirs(stems_dir / name)
+    for file, stem in zip(records.STEM_FILES["video_stems"], stems_for(name, 2.0)):
+      sf.write(stems_dir / name / file, stem, SR, subtype="FLOAT")
+  cfg = tiny_fm_config
+  code = ("import sys; from absl import app; from avflow.commands import prepare; "
+          "app.run(prepare.main, argv=['avflow prepare'] + sys.argv[1:], flags_parser=prepare.parse_flags)")
+  args = [f"--input={inp}", f"--output={out}", "--layout=video_stems", f"--stems_dir={stems_dir}",
+          f"--config={REPO}/configs/visah_fm.py:toy", f"--config.data.clip_seconds={cfg.data.clip_seconds}",
+          f"--config.data.image_size={cfg.data.image_size}"]
+  env = dict(os.environ, PYTHONPATH=REPO)
+  bad = subprocess.run([sys.executable, "-c", code, *args, "--image_size=24"], capture_output=True, text=True,
+                       env=env, cwd=tmp_path)
+  assert bad.returncode != 0 and not os.path.exists(out)
+  assert bad.stderr.strip().splitlines()[-1] == (
+      f"avflow prepare: --image_size=24 conflicts with config.data.image_size={cfg.data.image_size} of --config; "
+      f"drop --image_size or pass --config.data.image_size=24")
+  done = subprocess.run([sys.executable, "-c", code, *args, f"--sample_rate={cfg.data.sample_rate}"],
+                        capture_output=True, text=True, env=env, cwd=tmp_path)
+  assert done.returncode == 0, done.stderr
+  assert "Downloading and preparing" not in done.stdout + done.stderr
+  assert "downloaded and prepared" not in done.stdout + done.stderr
+  assert f"prepare: writing muddy_mix {records.MuddyMix.VERSION} records to " in done.stdout
+  assert "no val split: training holds out beach for evaluation" in done.stdout
+  report = json.loads((out / records.REPORT_FILE).read_text())
+  assert report["examples"] == {"train": 6, "val": 0, "test": 0} and report["held_out"] == ["beach"]
+  meta = records.RecordSource(str(out), "train").metadata
+  assert (meta["sample_rate"], meta["clip_seconds"], meta["image_size"]) == (
+      cfg.data.sample_rate, cfg.data.clip_seconds, cfg.data.image_size)
+
+  cfg.data.update(dict(source="records", records_dir=str(out)))
+  cfg.total_steps = cfg.eval_every = cfg.checkpoint_every = 2
+  train_ids = {ex["clip_id"] for ex in pipeline.make_source(cfg.data, "train")}
+  assert train_ids == {f"{n}_w00{k}" for n in ("city", "forest") for k in (0, 1)}
+  with caplog.at_level("WARNING"):
+    train(cfg, str(run_dir))
+  assert "no val split: evaluating on train clips beach, training on the other 2" in caplog.text
+  evaluated = json.loads((run_dir / "eval.json").read_text())
+  assert evaluated["steps"] == 2 and evaluated["num_clips"] == 2
+  assert os.listdir(run_dir / "samples") == ["beach_w000"]
+  sample = run_dir / "samples" / "beach_w000"  # what the report shows per clip: frames and each source's loudness
+  assert sorted(os.listdir(sample / "frames")) == ["000.png"]
+  loud = json.loads((sample / "loudness.json").read_text())
+  held = by_id(records.RecordSource(str(out), "train"))["beach_w000"]
+  assert loud["sources"] == ["speech", "music", "effects"] and len(loud["prediction"]) == 3
+  np.testing.assert_allclose(loud["target"], stem_loudness(held["stems"], SR), atol=1e-3)
+  page = open(write_report(str(run_dir))).read()
+  for link in ("report_files/loss_curves.png", "report_files/trajectory_cosine.png",
+               "report_files/beach_w000/loudness.png", "samples/beach_w000/frames/000.png"):
+    assert f'src="{link}"' in page, link

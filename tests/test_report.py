@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import numpy as np
 import pytest
@@ -29,10 +29,14 @@ EVAL = {
     "input": {"ldif": 9.48, "mag": 0.1157, "env": 0.0468, "was": 0.0108},
     "prediction": {"ldif": 7.87, "mag": 0.0846, "env": 0.0279, "was": 0.0064},
     "steps": 23500, "num_clips": 2, "sample_rate": SR, "inference": {"num_steps": 4, "method": "euler"},
+    "trajectory": {"waveform": {"cosine": [0.91, 0.95, 0.97, 0.99], "variance": 0.0123, "curvature": 0.21},
+                   "stft": {"cosine": [0.62, 0.71, 0.78, 0.84], "variance": 0.0456, "curvature": 0.47}},
 }
+LOUDNESS = {"sources": ["speech", "music", "effects"], "input": [-31.2, -18.4, -22.0],
+            "prediction": [-20.5, -27.9, -24.1], "target": [-19.8, -28.3, None]}  # a silent target effects stem
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--mute-audio", "--remote-debugging-pipe")
+                  "--mute-audio", "--remote-debugging-pipe")  # scrollbars shown: they narrow the page as in a desktop
 
 
 @pytest.fixture
@@ -53,6 +57,13 @@ def run_dir(tmp_path):
     grad = np.linspace(0, 255, 64, dtype=np.uint8)
     Image.fromarray(np.stack([np.tile(grad, (48, 1)), np.full((48, 64), 80 * k, np.uint8),
                               np.tile(grad[::-1], (48, 1))], axis=-1)).save(frames / f"{k:03d}.png")
+  for clip in CLIPS:
+    (root / "samples" / clip / "loudness.json").write_text(json.dumps(LOUDNESS))
+  with open(root / "metrics.jsonl", "w") as f:
+    for step in range(1, 41):  # the loop appends a line per logged step; a resume repeats steps 39-40
+      f.write(json.dumps({"step": step, "grad_norm": 1.0, "loss": 2.0 / step, "fm": 1.5 / step,
+                          "rollout": 0.5 / step, "examples_per_s": 3.0}) + "\n")
+    f.write(json.dumps({"step": 39, "loss": 0.05, "fm": 0.04, "rollout": 0.01}) + "\n")
   (root / "eval.json").write_text(json.dumps(EVAL))
   return root
 
@@ -66,7 +77,8 @@ def test_report_html_links_and_metrics(run_dir):
   assert path == str(run_dir / "report.html")
   page = (run_dir / "report.html").read_text()
   links = _links(page)
-  assert len(links) == 2 + 3 * sum(map(len, CLIPS.values()))  # frames, then audio + 2 images per stream
+  # loss curves, cosine plot, then per clip frames, a loudness chart and audio + 2 images per stream
+  assert len(links) == 2 + 2 + len(CLIPS) + 3 * sum(map(len, CLIPS.values()))
   for link in links:
     assert not link.startswith(("/", "file:", "http")), link
     assert (run_dir / unquote(link)).is_file(), link
@@ -77,6 +89,14 @@ def test_report_html_links_and_metrics(run_dir):
   assert rows["LDif"] == ["9.48", "7.87", "9.48", "7.87"]  # no display scaling for LDif
   assert rows["Mag"] == ["0.1157", "0.0846", "11.57", "8.46"]
   assert rows["Was"][-1] == "0.64"
+  assert re.findall(r'<td class="better">([^<]*)</td>', metrics) == ["lower is better"] * 4
+  assert "report_files/loss_curves.png" in links and "report_files/trajectory_cosine.png" in links
+  assert "'cosine'" not in page and "[0.91" not in page  # the per-step cosine is a plot, not a raw dict
+  trajectory = re.search(r'<table class="trajectory">.*?</table>', page, re.S).group(0)
+  assert "<th>curvature</th><td class=\"num\">0.21</td><td class=\"num\">0.47</td>" in trajectory
+  assert trajectory.count("lower is better") == 2 and "higher is better" in page
+  assert sorted(f"report_files/{quote(c)}/loudness.png" for c in CLIPS) == [
+      link for link in links if link.endswith("loudness.png")]
   assert "<td>23500</td>" in page and "<td>euler</td>" in page
   order = re.findall(r'data-clip="clip_a" data-stream="(\w+)"', page)
   assert order == list(CLIPS["clip_a"])
@@ -192,8 +212,12 @@ INSPECT_JS = """(async () => {
   return {
     audio: audios.map(a => ({clip: a.dataset.clip, stream: a.dataset.stream, ready: a.readyState,
                              error: a.error ? a.error.code : null, duration: a.duration})),
-    images: [...document.images].map(i => ({src: i.getAttribute('src'), ok: i.complete && i.naturalWidth > 0})),
+    images: [...document.images].map(i => ({src: i.getAttribute('src'), alt: i.alt,
+                                            ok: i.complete && i.naturalWidth > 0})),
     title: document.title,
+    scrollWidth: document.documentElement.scrollWidth,
+    clientWidth: document.documentElement.clientWidth,
+    text: document.body.innerText,
   };
 })()"""
 
@@ -257,8 +281,18 @@ def test_report_in_headless_chromium(run_dir, tmp_path):
   for a in info["audio"]:
     assert a["error"] is None and a["ready"] >= 1, a
     assert a["duration"] == pytest.approx(0.5, abs=0.01), a
-  assert len(info["images"]) == 2 + 2 * len(pairs) and all(i["ok"] for i in info["images"]), info["images"]
-  assert pixels.shape[1] == 1280 and pixels.var() > 200.0, pixels.var()
+  # frames, a waveform and a spectrogram per stream, a loudness chart per clip, the loss and cosine plots
+  assert len(info["images"]) == 2 + 2 * len(pairs) + len(CLIPS) + 2 and all(i["ok"] for i in info["images"]), \
+      info["images"]
+  alts = [i["alt"] for i in info["images"]]
+  assert alts.count("frame 000.png") == alts.count("frame 001.png") == 1
+  assert sorted(a for a in alts if a.endswith("loudness per source")) == sorted(
+      f"{c} loudness per source" for c in CLIPS)
+  assert "loss curves" in alts and "per-step cosine" in alts
+  assert info["text"].count("lower is better") >= 4 + 2 and "higher is better" in info["text"]
+  # No horizontal scroll in a 1280-px window, its vertical scrollbar included.
+  assert info["scrollWidth"] <= info["clientWidth"] <= 1280, (info["scrollWidth"], info["clientWidth"])
+  assert pixels.shape[1] == info["clientWidth"] and pixels.var() > 200.0, pixels.var()  # the page, less its scrollbar
   # The same checks see a broken link: one missing image, reported on the console.
   assert [i["src"] for i in broken_info["images"] if not i["ok"]] == ["report_files/clip_a/target_waveform.png"]
   assert any("target_waveform.png" in e or "ERR_FILE_NOT_FOUND" in e for e in broken_errors), broken_errors

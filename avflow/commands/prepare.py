@@ -1,18 +1,28 @@
 """`python -m avflow prepare --input=DIR --layout=muddy_mix|video_stems --output=DIR [--stems_dir=DIR]
-[--text_encoder=T5_DIR] ...`.
+[--config=configs/visah_fm.py:toy] [--text_encoder=T5_DIR] ...`.
 
 Turns real clips into Muddy Mix training records (`avflow.data.records`): TFDS ArrayRecord under
 `<output>/muddy_mix/<version>` plus `<output>/prepare_report.json`. Point `config.data.records_dir` at
 `<output>` with `config.data.source = "records"` and the same sample rate, clip length and image size.
+
+`--config` names the config that will train on the records: the sample rate, clip length and image size (and,
+with `--text_encoder`, the text width and token count) are then taken from it. A geometry flag given as well must
+agree with the config, else the run stops with one line naming both values (change the config with
+`--config.data.<field>=...` instead). Without `--config`, the flags' defaults are the paper's geometry.
 With `--text_encoder`, the records also carry T5 caption features `text` (text_tokens, text_dim) for the "T"
 conditionings (`configs/visah_fm.py:<scale>_t|_vt|_vta`, `configs/visah.py:<scale>_t5`).
 """
 import os
 
 from absl import flags
+from ml_collections import config_flags
 
 from avflow.commands import parse_flags  # noqa: F401
 from avflow.data import records
+
+config_flags.DEFINE_config_file("config", None, "The training config the records are for, e.g. "
+                                "configs/visah_fm.py:toy: sets --sample_rate, --clip_seconds, --image_size, "
+                                "--text_dim and --text_tokens.", lock_config=True)
 
 flags.DEFINE_string("input", None, "Folder of clips (see --layout).", required=True)
 flags.DEFINE_enum("layout", "muddy_mix", records.LAYOUTS,
@@ -23,39 +33,76 @@ flags.DEFINE_string("output", None, "Records folder (becomes config.data.records
 flags.DEFINE_string("stems_dir", None, "Stems folder for --layout=video_stems.")
 flags.DEFINE_string("splits_dir", None, "Folder of train.csv / val.csv / test_filter.csv (default: --input); "
                     "without them clips are split 80/10/10 by a stable hash.")
-flags.DEFINE_integer("sample_rate", 44100, "Record sample rate in Hz (VisAH: 44100).", lower_bound=1)
-flags.DEFINE_float("clip_seconds", 10.0, "Window length in seconds (VisAH: 10).", lower_bound=1e-3)
+flags.DEFINE_integer("sample_rate", None, "Record sample rate in Hz (default: the config's, else VisAH's 44100).",
+                     lower_bound=1)
+flags.DEFINE_float("clip_seconds", None, "Window length in seconds (default: the config's, else VisAH's 10).",
+                   lower_bound=1e-3)
 flags.DEFINE_float("min_seconds", None, "Shortest last piece that is zero-padded into a window rather than "
                    "dropped (default: half a window).", lower_bound=0.0)
-flags.DEFINE_integer("image_size", 224, "Frame size after CLIP's resize and center crop.", lower_bound=1)
+flags.DEFINE_integer("image_size", None, "Frame size after CLIP's resize and center crop (default: the config's, "
+                     "else 224).", lower_bound=1)
 flags.DEFINE_bool("strict", False, "Stop at the first bad clip with a non-zero exit status.")
 flags.DEFINE_bool("overwrite", False, "Replace records already in --output.")
 flags.DEFINE_string("text_encoder", None, "Local T5 encoder folder (`save_pretrained`: config, weights, tokenizer; "
                     "the paper: T5-XXL). Each clip's caption (muddy_mix: frames_captions/*.txt; video_stems: "
                     "<clip>.txt beside the video) is encoded once and stored as `text`; clips without one are "
                     "skipped and reported.")
-flags.DEFINE_integer("text_dim", 4096, "Width the T5 encoder must have (= config.model.conditioning.text_dim; "
-                     "T5-XXL: 4096).", lower_bound=1)
-flags.DEFINE_integer("text_tokens", 10, "Tokens per caption, truncated or padded "
-                     "(= config.model.conditioning.text_tokens).", lower_bound=1)
+flags.DEFINE_integer("text_dim", None, "Width the T5 encoder must have (default: the config's "
+                     "model.conditioning.text_dim, else T5-XXL's 4096).", lower_bound=1)
+flags.DEFINE_integer("text_tokens", None, "Tokens per caption, truncated or padded (default: the config's "
+                     "model.conditioning.text_tokens, else 10).", lower_bound=1)
 flags.DEFINE_string("text_device", None, "PyTorch device of the text encoder (default: cuda if available, else cpu).")
 flags.DEFINE_enum("text_dtype", "float32", ["float32", "bfloat16"], "Dtype the text encoder runs in; the stored "
                   "features are float32.")
+
+
+# flag → (config field, default without --config)
+SHAPE_FLAGS = {"sample_rate": ("data.sample_rate", 44100), "clip_seconds": ("data.clip_seconds", 10.0),
+               "image_size": ("data.image_size", 224), "text_dim": ("model.conditioning.text_dim", 4096),
+               "text_tokens": ("model.conditioning.text_tokens", 10)}
+
+
+def _field(config, path: str):
+  for key in path.split("."):
+    config = config[key]
+  return config
+
+
+def shapes(f) -> dict:
+  """The record shapes: explicit flags, else `--config`'s fields, else the paper's; `SystemExit` on a conflict."""
+  out = {}
+  for name, (path, default) in SHAPE_FLAGS.items():
+    given = f[name].value
+    if f.config is None:
+      out[name] = default if given is None else given
+      continue
+    wanted = _field(f.config, path)
+    if given is not None and float(given) != float(wanted):
+      raise SystemExit(f"avflow prepare: --{name}={given} conflicts with config.{path}={wanted} of --config; "
+                       f"drop --{name} or pass --config.{path}={given}")
+    out[name] = wanted
+  if f.config is not None and f.config.data.frames_per_second != records.FRAMES_PER_SECOND:
+    raise SystemExit(f"avflow prepare: config.data.frames_per_second={f.config.data.frames_per_second}, but "
+                     f"records hold {records.FRAMES_PER_SECOND} frame per second")
+  return out
 
 
 def main(argv):
   if len(argv) > 1:
     raise SystemExit(f"avflow prepare: unexpected arguments {argv[1:]}")
   f = flags.FLAGS
-  spec = records.WindowSpec(sample_rate=f.sample_rate, clip_seconds=f.clip_seconds, min_seconds=f.min_seconds,
-                            image_size=f.image_size)
+  shape = shapes(f)
+  spec = records.WindowSpec(sample_rate=shape["sample_rate"], clip_seconds=shape["clip_seconds"],
+                            min_seconds=f.min_seconds, image_size=shape["image_size"])
   try:
     report = records.prepare(f.input, f.output, f.layout, stems_dir=f.stems_dir, splits_dir=f.splits_dir,
                              spec=spec, strict=f.strict, overwrite=f.overwrite, text_encoder=f.text_encoder,
-                             text_dim=f.text_dim, text_tokens=f.text_tokens,
+                             text_dim=shape["text_dim"], text_tokens=shape["text_tokens"],
                              text_options=dict(device=f.text_device, dtype=f.text_dtype))
   except records.PrepareError as e:
     raise SystemExit(f"avflow prepare: {e}")
   examples = ", ".join(f"{k} {v}" for k, v in report["examples"].items())
   print(f"{len(report['ok'])} clips ok, {len(report['skipped'])} skipped, {len(report['warnings'])} warnings; "
         f"windows: {examples}; report: {os.path.join(f.output, records.REPORT_FILE)}")
+  if report["held_out"]:
+    print(f"no val split: training holds out {', '.join(report['held_out'])} for evaluation")

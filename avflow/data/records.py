@@ -25,7 +25,11 @@ Splits, in both layouts: from the public lists `train.csv`, `val.csv` and `test_
 present (one clip folder per line; a line names a clip by its last path component; the test split is
 called `test`); otherwise a clip goes to train/val/test (80/10/10, close to the public 15,078 / 1,927 /
 ~1,821 clips) by a stable hash of its top-level folder or video under the input, so the sub-clips of one
-source video never straddle splits.
+source video never straddle splits. Records without a val split (a few clips that all hash into train, or
+split lists without `val.csv`) still train: `records_source` then holds out `held_out_clips` of the train split
+(about a tenth, at least one clip, chosen by a stable hash of the clip names) for evaluation and trains on the
+rest, with a warning; prepare's report names them under "held_out". A train split of a single clip is
+evaluated on itself, with a warning.
 
 Every clip is read as mono float32 at the target rate (channels averaged and soxr resampling, as
 `librosa.load` in the public generator), cut into windows of `clip_seconds` (VisAH: 10 s) from the
@@ -38,13 +42,15 @@ at gain 0.
 
 Bad inputs never stop the run unless `strict`: each skipped clip is listed with its reason in
 `<output>/prepare_report.json` = {"ok": [clip ids], "skipped": [{"clip", "path", "reason"}],
-"warnings": [{"clip", "path", "warning"}], "examples": {split: windows written}}.
+"warnings": [{"clip", "path", "warning"}], "examples": {split: windows written}, "held_out": [train clips that
+training evaluates on when there is no val split]}.
 """
 import collections
 import dataclasses
 import hashlib
 import itertools
 import json
+import logging
 import os
 import re
 import tempfile
@@ -74,6 +80,7 @@ CAPTION_FILE = "InternVL2-8B_prompt1.txt"  # the public Muddy Mix caption (its f
 FRAMES_PER_SECOND = 1
 LENGTH_TOLERANCE_SECONDS = 0.1
 REPORT_FILE = "prepare_report.json"
+HOLD_OUT_FRACTION = 0.1
 
 
 class BadClip(Exception):
@@ -126,6 +133,8 @@ class Report:
     self.skipped: list[dict] = []
     self.warnings: list[dict] = []
     self.examples = {s: 0 for s in SPLITS}
+    self.split_ok = {s: [] for s in SPLITS}  # the clips written per split
+    self.held_out: list[str] = []
 
   def warn(self, clip: str | None, path: str | None, warning: str) -> None:
     self.warnings.append({"clip": clip, "path": path, "warning": warning})
@@ -134,7 +143,8 @@ class Report:
     self.skipped.append({"clip": clip, "path": path, "reason": reason})
 
   def as_dict(self) -> dict:
-    return {"ok": self.ok, "skipped": self.skipped, "warnings": self.warnings, "examples": self.examples}
+    return {"ok": self.ok, "skipped": self.skipped, "warnings": self.warnings, "examples": self.examples,
+            "held_out": self.held_out}
 
   def write(self, path: str) -> None:
     with open(path, "w") as f:
@@ -178,6 +188,16 @@ def _hash_split(group: str) -> str:
   digest = hashlib.blake2b(group.encode(), digest_size=8).digest()
   u = int.from_bytes(digest, "little") / 2.0 ** 64
   return SPLITS[int(np.searchsorted(np.cumsum(HASH_FRACTIONS), u, side="right"))]
+
+
+def held_out_clips(clip_ids) -> list[str]:
+  """The train clips a run without a val split evaluates on: `HOLD_OUT_FRACTION` of them (at least one) with the
+  lowest stable hash, sorted; none when there are fewer than two clips."""
+  clip_ids = sorted(set(clip_ids))
+  if len(clip_ids) < 2:
+    return []
+  count = max(1, int(round(HOLD_OUT_FRACTION * len(clip_ids))))
+  return sorted(sorted(clip_ids, key=lambda c: hashlib.blake2b(c.encode(), digest_size=8).digest())[:count])
 
 
 def assign_splits(clips: list[Clip], splits_dir: str, report: Report) -> dict[str, list[Clip]]:
@@ -495,6 +515,13 @@ class MuddyMix(tfds.core.GeneratorBasedBuilder):
             text_tokens=p.text_shape[0] if p.text_shape else 0,
             text_encoder=os.path.abspath(p.text_encoder.model_dir) if p.text_encoder else ""))
 
+  def _log_download_bytes(self) -> None:
+    """Our line in place of TFDS's "Downloading and preparing dataset" (nothing is downloaded)."""
+    print(f"prepare: writing {NAME} {self.version} records to {self.data_dir}", flush=True)
+
+  def _log_download_done(self) -> None:
+    """Silent: `prepare` reports what was written."""
+
   def _split_generators(self, dl_manager):
     """One generator per split that yields at least one example (TFDS cannot write an empty split)."""
     out = {}
@@ -532,6 +559,7 @@ class MuddyMix(tfds.core.GeneratorBasedBuilder):
       finally:
         p.progress.update(1)
       p.report.ok.append(clip.clip_id)
+      p.report.split_ok[split].append(clip.clip_id)
       p.report.examples[split] += len(examples)
       for ex in examples:
         yield ex["clip_id"], ex
@@ -622,6 +650,13 @@ def prepare(input_dir: str, output_dir: str, layout: str = "muddy_mix", *, stems
       with tempfile.TemporaryDirectory() as downloads:
         builder.download_and_prepare(download_dir=downloads, download_config=tfds.download.DownloadConfig(
             download_mode=mode, compute_stats=tfds.download.ComputeStatsMode.SKIP))
+      if not report.examples["val"]:
+        report.held_out = held_out_clips(report.split_ok["train"])
+        if report.held_out:
+          report.warn(None, None, f"no val split: training holds out {', '.join(report.held_out)} of the train "
+                      "split for evaluation")
+        elif report.split_ok["train"]:
+          report.warn(None, None, "no val split and a single train clip: training evaluates on that clip")
     finally:
       report.write(os.path.join(output_dir, REPORT_FILE))
   return report.as_dict()
@@ -656,6 +691,7 @@ class RecordSource:
       raise ValueError(f"split {split!r} is not in the records at {records_dir} (it has "
                        f"{', '.join(builder.info.splits) or 'none'}; see prepare_report.json)")
     self.metadata = dict(builder.info.metadata or {})
+    self.splits = list(builder.info.splits)
     self._data = builder.as_data_source(split=split)
 
   def __len__(self) -> int:
@@ -667,11 +703,48 @@ class RecordSource:
     return ex
 
 
-def records_source(data_cfg, split: str) -> RecordSource:
-  """`RecordSource` for `data.source == "records"`: checks the records' geometry against `data_cfg`."""
+class Subset:
+  """The examples `indices` of a `RecordSource`, as a `ClipSource`."""
+
+  def __init__(self, source: RecordSource, indices: list[int]):
+    self.source, self.indices, self.metadata = source, list(indices), source.metadata
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    return self.source[self.indices[index]]
+
+
+def window_clip(example_id: str) -> str:
+  """The clip a window came from: `<clip>_w003` → `<clip>`."""
+  return re.sub(r"_w\d+$", "", example_id)
+
+
+def hold_out(train: RecordSource, split: str) -> Subset | RecordSource:
+  """The `split` ("train" or "val") part of a train split when the records have no val split: `held_out_clips`
+  are evaluated on, the other clips trained on; a single clip serves as both, with a warning."""
+  clips = [window_clip(train[i]["clip_id"]) for i in range(len(train))]
+  held = set(held_out_clips(clips))
+  if not held:
+    if split == "val":
+      logging.warning("the records have no val split and a single train clip: evaluating on the train split")
+    return train
+  if split == "val":
+    logging.warning("the records have no val split: evaluating on train clips %s, training on the other %d "
+                    "(see prepare_report.json)", ", ".join(sorted(held)), len(set(clips)) - len(held))
+  return Subset(train, [i for i, c in enumerate(clips) if (c in held) == (split == "val")])
+
+
+def records_source(data_cfg, split: str) -> RecordSource | Subset:
+  """`RecordSource` for `data.source == "records"`: checks the records' geometry against `data_cfg`; without a
+  val split, train and val come from `hold_out`."""
   if not data_cfg.records_dir:
     raise ValueError("data.records_dir is empty; build records with `python -m avflow prepare` and set it")
-  source = RecordSource(data_cfg.records_dir, split)
+  source = RecordSource(data_cfg.records_dir, split if split != "val" else "train")
+  held = split in ("train", "val") and "val" not in source.splits
+  if split == "val" and not held:
+    source = RecordSource(data_cfg.records_dir, "val")
   m = source.metadata
   wanted = {"sample_rate": data_cfg.sample_rate, "clip_seconds": data_cfg.clip_seconds,
             "image_size": data_cfg.image_size, "frames_per_second": data_cfg.frames_per_second}
@@ -679,4 +752,4 @@ def records_source(data_cfg, split: str) -> RecordSource:
   if wrong:
     raise ValueError(f"records at {data_cfg.records_dir} do not match config.data ({'; '.join(wrong)}); "
                      "prepare them again with matching flags")
-  return source
+  return hold_out(source, split) if held else source

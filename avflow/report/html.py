@@ -1,11 +1,13 @@
 """A static HTML report of an evaluated run: `<workdir>/report.html`.
 
-Reads what `avflow.train.evaluate` leaves in a run directory, `eval.json` and `samples/<clip>/*.wav` (input,
-prediction, target and, when saved, per-step outputs `step_<k>.wav`), plus optional video frames
-`samples/<clip>/frames/*.png|jpg`. Per clip it shows the frames, one audio player per stream and a waveform and
-a spectrogram image per stream (written to `report_files/<clip>/`); above the clips, the metrics table with raw
-values and the paper's display scaling (×100 except LDif, Table 1 caption). All links are relative, so the run
-folder can be copied or served as is. The page has no scripts.
+Reads what training and `avflow.train.evaluate` leave in a run directory: `eval.json`, `metrics.jsonl` (the
+training losses) and `samples/<clip>/`: *.wav (input, prediction, target and, when saved, per-step outputs
+`step_<k>.wav`), the video frames `frames/*.png|jpg` and `loudness.json` (per-source LUFS). The page shows the
+metrics table with raw values, the paper's display scaling (×100 except LDif, Table 1 caption) and which way is
+better; the loss curves; the per-step cosine of the inference trajectory as a plot beside its variance and
+curvature; and per clip the frames, a bar chart of each source's loudness in input, prediction and target, and per
+stream an audio player, a waveform and a spectrogram. Images are written to `report_files/`. All links are
+relative, so the run folder can be copied or served as is. The page has no scripts and fits a 1280-px window.
 """
 import html
 import json
@@ -18,21 +20,38 @@ import scipy.signal
 import soundfile as sf
 from matplotlib.figure import Figure
 
+from avflow.metrics import trajectory
 from avflow.metrics.signal import paper_display
 
 REPORT_NAME = "report.html"
 ASSETS_DIR = "report_files"
 FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg")
 METRIC_NAMES = {"ldif": "LDif", "mag": "Mag", "env": "Env", "was": "Was"}
+# Which way each metric improves: LDif and the signal distances, the trajectory's variance and curvature (a
+# straighter path) and the losses go down; the cosine to the ground-truth velocity goes up.
+BETTER = {"ldif": "lower", "mag": "lower", "env": "lower", "was": "lower", "variance": "lower", "curvature": "lower",
+          "cosine": "higher", "loss": "lower"}
+NOT_LOSSES = ("step", "grad_norm", "examples_per_s")  # the other fields of metrics.jsonl
+STREAM_COLORS = {"input": "0.6", "prediction": "tab:blue", "target": "tab:green"}
 STYLE = """
-body { font-family: sans-serif; margin: 24px; color: #222; background: #fff; }
+body { font-family: sans-serif; margin: 24px auto; padding: 0 16px; max-width: 1200px; color: #222;
+       background: #fff; overflow-wrap: anywhere; }
+img { max-width: 100%; height: auto; }
 table { border-collapse: collapse; margin: 8px 0 16px; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: middle; }
 th { background: #eef; }
 td.num { text-align: right; font-family: monospace; }
+td.better { color: #555; font-size: 90%; }
+table.streams { width: 100%; table-layout: fixed; }
+table.streams col.name { width: 110px; }
+table.streams col.audio { width: 260px; }
+table.streams audio { width: 100%; }
 section.clip { border-top: 2px solid #88a; margin-top: 24px; padding-top: 8px; }
-.frames img { height: 96px; margin-right: 4px; border: 1px solid #ccc; }
-.note { color: #555; font-size: 90%; }
+.frames { display: flex; flex-wrap: wrap; gap: 4px; }
+.frames img { height: 96px; width: auto; border: 1px solid #ccc; }
+.plots { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
+figure { margin: 0; max-width: 480px; }
+figcaption, .note { color: #555; font-size: 90%; }
 """
 
 
@@ -100,11 +119,99 @@ def _num(value, fmt: str) -> str:
   return "" if value is None else fmt.format(value)
 
 
+def _better(metric: str) -> str:
+  """A table cell saying which way `metric` improves (empty when unknown)."""
+  return f"<td class=\"better\">{BETTER[metric]} is better</td>" if metric in BETTER else "<td></td>"
+
+
+def _figure_html(path: str, workdir: str, alt: str, caption: str) -> str:
+  return (f"<figure><img src=\"{_url(path, workdir)}\" alt=\"{html.escape(alt)}\">"
+          f"<figcaption>{caption}</figcaption></figure>")
+
+
+def loss_curves_png(rows: list[dict], path: str) -> None:
+  """The training loss and its terms against the step (log scale when every value is positive)."""
+  fig = Figure(figsize=(4.5, 3.0), dpi=100)
+  fig.subplots_adjust(left=0.15, right=0.97, bottom=0.15, top=0.95)
+  ax = fig.add_subplot()
+  names = list(dict.fromkeys(k for r in rows for k in r if k not in NOT_LOSSES))
+  positive = True
+  for name in names:
+    points = [(r["step"], r[name]) for r in rows if r.get(name) is not None]
+    ax.plot(*zip(*points), lw=1.2 if name == "loss" else 0.8, marker="o" if len(points) <= 20 else None, ms=3,
+            label=name)
+    positive &= all(v > 0 for _, v in points)
+  if positive:
+    ax.set_yscale("log")
+  ax.set(xlabel="step", ylabel="training loss")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.savefig(path, format="png")
+
+
+def training_html(workdir: str) -> str:
+  """The loss curves from `metrics.jsonl` (the last record of each step, so a resumed run draws once)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.isfile(path):
+    return "<p class=\"note\">No metrics.jsonl in this run.</p>"
+  by_step = {}
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        row = json.loads(line)
+        by_step[row["step"]] = row
+  if not by_step:
+    return "<p class=\"note\">metrics.jsonl is empty.</p>"
+  png = os.path.join(workdir, ASSETS_DIR, "loss_curves.png")
+  loss_curves_png([by_step[k] for k in sorted(by_step)], png)
+  return _figure_html(png, workdir, "loss curves", f"Training loss and its terms over {len(by_step)} logged "
+                      "steps (lower is better).")
+
+
+def trajectory_html(report: dict, workdir: str) -> str:
+  """The per-step cosine to the ground-truth velocity as a plot, and variance and curvature per representation."""
+  traj = report.get("trajectory")
+  if not traj:
+    return "<p class=\"note\">No trajectory analysis in eval.json (a model integrated in one step).</p>"
+  png = os.path.join(workdir, ASSETS_DIR, "trajectory_cosine.png")
+  trajectory.plot_cosine({rep: m["cosine"] for rep, m in traj.items()}, png)
+  figure = _figure_html(png, workdir, "per-step cosine", "Cosine similarity of each step's velocity to the "
+                        "ground truth x1 − x0 (Fig. 4a; higher is better).")
+  head = "".join(f"<th>{html.escape(rep)}</th>" for rep in traj)
+  body = "".join(f"<tr><th>{k}</th>" + "".join(f"<td class=\"num\">{_num(m.get(k), '{:.4g}')}</td>"
+                                                for m in traj.values()) + _better(k) + "</tr>"
+                 for k in ("variance", "curvature"))
+  table = f"<table class=\"trajectory\"><tr><th>metric</th>{head}<th></th></tr>{body}</table>"
+  return f"<div class=\"plots\">{figure}{table}</div>"
+
+
+def loudness_png(loud: dict, path: str) -> None:
+  """Grouped bars: per source, its LUFS in input, prediction and target; a silent source is marked, not drawn."""
+  sources, streams = loud["sources"], [s for s in ("input", "prediction", "target") if s in loud]
+  values = [v for s in streams for v in loud[s] if v is not None]
+  floor = (min(values) if values else -70.0) - 6.0
+  fig = Figure(figsize=(4.0, 2.2), dpi=100)
+  fig.subplots_adjust(left=0.14, right=0.98, bottom=0.12, top=0.86)
+  ax = fig.add_subplot()
+  width = 0.8 / len(streams)
+  for j, stream in enumerate(streams):
+    x = np.arange(len(sources)) + (j - (len(streams) - 1) / 2) * width
+    heights = [0.0 if v is None else v - floor for v in loud[stream]]
+    bars = ax.bar(x, heights, width, bottom=floor, label=stream, color=STREAM_COLORS[stream])
+    ax.bar_label(bars, ["silent" if v is None else f"{v:.1f}" for v in loud[stream]], fontsize=6, padding=1)
+  ax.set_xticks(np.arange(len(sources)), sources, fontsize=8)
+  ax.set_ylim(floor, (max(values) if values else floor) + 4.0)
+  ax.set_ylabel("LUFS", fontsize=8)
+  ax.tick_params(labelsize=7)
+  ax.legend(fontsize=7, ncol=len(streams), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
+  fig.savefig(path, format="png")
+
+
 def metrics_html(report: dict) -> str:
   """The eval.json summary: run fields, then a metric table (raw and paper scaling) for input and prediction."""
   rows = []
   for key, value in report.items():
-    if key in ("input", "prediction"):
+    if key in ("input", "prediction", "trajectory"):  # the trajectory has its own section
       continue
     items = value.items() if isinstance(value, dict) else [("", value)]
     for sub, v in items:
@@ -116,10 +223,12 @@ def metrics_html(report: dict) -> str:
     paper = {name: paper_display(report[name]) for name in columns}
     keys = list(dict.fromkeys(k for name in columns for k in report[name]))
     head = "".join(f"<th>{n} (raw)</th>" for n in columns) + "".join(f"<th>{n} (paper)</th>" for n in columns)
+    head += "<th></th>"
     body = []
     for k in keys:
       tds = "".join(f"<td class=\"num\">{_num(raw[n].get(k), '{:.4g}')}</td>" for n in columns)
       tds += "".join(f"<td class=\"num\">{_num(paper[n].get(k), '{:.2f}')}</td>" for n in columns)
+      tds += _better(k)
       body.append(f"<tr><th>{html.escape(METRIC_NAMES.get(k, k))}</th>{tds}</tr>")
     out.append(f"<table class=\"metrics\"><tr><th>metric</th>{head}</tr>{''.join(body)}</table>")
     out.append("<p class=\"note\">Paper scaling: every value ×100 except LDif (VisAH-FM Table 1).</p>")
@@ -127,7 +236,8 @@ def metrics_html(report: dict) -> str:
 
 
 def clip_html(workdir: str, clip: str) -> str:
-  """One clip: frames, then per stream an audio player, a waveform and a spectrogram (images written here)."""
+  """One clip: frames, the loudness chart, then per stream an audio player, a waveform and a spectrogram (images
+  written here)."""
   clip_dir = os.path.join(workdir, "samples", clip)
   assets = os.path.join(workdir, ASSETS_DIR, clip)
   os.makedirs(assets, exist_ok=True)
@@ -138,6 +248,14 @@ def clip_html(workdir: str, clip: str) -> str:
     imgs = "".join(f"<img src=\"{_url(os.path.join(frames_dir, f), workdir)}\" alt=\"frame {html.escape(f)}\">"
                    for f in frames)
     parts.append(f"<div class=\"frames\">{imgs}</div>")
+  loud_path = os.path.join(clip_dir, "loudness.json")
+  if os.path.isfile(loud_path):
+    with open(loud_path) as f:
+      loud = json.load(f)
+    png = os.path.join(assets, "loudness.png")
+    loudness_png(loud, png)
+    parts.append(_figure_html(png, workdir, f"{clip} loudness per source", "Loudness of each source (LUFS; the "
+                              "prediction's by projection on the input stems, as LDif): what was highlighted."))
   streams = sorted((f[:-4] for f in os.listdir(clip_dir) if f.endswith(".wav")), key=_stream_order)
   rows = []
   for name in streams:
@@ -153,7 +271,8 @@ def clip_html(workdir: str, clip: str) -> str:
         f"data-stream=\"{label}\"></audio></td>"
         f"<td><img src=\"{_url(wave_png, workdir)}\" alt=\"{label} waveform\"></td>"
         f"<td><img src=\"{_url(spec_png, workdir)}\" alt=\"{label} spectrogram\"></td></tr>")
-  parts.append("<table class=\"streams\"><tr><th>stream</th><th>audio</th><th>waveform</th><th>spectrogram</th></tr>"
+  parts.append("<table class=\"streams\"><colgroup><col class=\"name\"><col class=\"audio\"><col><col></colgroup>"
+               "<tr><th>stream</th><th>audio</th><th>waveform</th><th>spectrogram</th></tr>"
                + "".join(rows) + "</table></section>")
   return "\n".join(parts)
 
@@ -171,12 +290,17 @@ def write_report(workdir: str) -> str:
   clips = []
   if os.path.isdir(samples):
     clips = sorted(c for c in os.listdir(samples) if os.path.isdir(os.path.join(samples, c)))
+  os.makedirs(os.path.join(workdir, ASSETS_DIR), exist_ok=True)
   title = f"avflow report: {os.path.basename(os.path.abspath(workdir))}"
   body = [f"<h1>{html.escape(title)}</h1>", "<h2>Metrics</h2>",
           metrics_html(report) if report is not None else "<p class=\"note\">No eval.json in this run.</p>",
-          f"<h2>Clips ({len(clips)})</h2>"]
+          "<h2>Training</h2>", training_html(workdir)]
+  if report is not None:
+    body += ["<h2>Inference trajectory</h2>", trajectory_html(report, workdir)]
+  body.append(f"<h2>Clips ({len(clips)})</h2>")
   body += [clip_html(workdir, clip) for clip in clips] or ["<p class=\"note\">No samples/ in this run.</p>"]
   page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+          "<meta name=\"viewport\" content=\"width=device-width\">"
           f"<style>{STYLE}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
   path = os.path.join(workdir, REPORT_NAME)
   with open(path, "w", encoding="utf-8") as f:

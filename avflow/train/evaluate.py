@@ -3,6 +3,10 @@
 `eval.json` holds {"input": {metric: value}, "prediction": {metric: value}, "steps": N, ...}: "input" scores the
 poorly-balanced x0 against the target x1, "prediction" the model's x̂1. The evaluation remix is fixed per clip id,
 so the numbers are comparable across steps and runs. Raw values; no display scaling.
+
+Each of the first `eval.num_samples` clips gets `samples/<clip>/`: input.wav, prediction.wav, target.wav, the
+per-step outputs step_<k>.wav, its frames `frames/<k>.png` and `loudness.json`, the BS.1770 loudness (LUFS, null
+when silent) of each source in the input, the prediction (its oracle stems, as LDif) and the target.
 """
 import json
 import os
@@ -11,8 +15,10 @@ from typing import Any
 import jax
 import numpy as np
 import soundfile as sf
+from PIL import Image
 
 from avflow.data.pipeline import device_batch, make_dataset
+from avflow.data.remix import SOURCES, stem_loudness
 from avflow.flow.solvers import Trajectory
 from avflow.metrics import loudness, signal, trajectory
 
@@ -32,7 +38,7 @@ def signal_metrics(pred: np.ndarray, target: np.ndarray, target_stems: np.ndarra
 def run_predictions(predict, params, source, config) -> dict[str, Any]:
   """Runs `predict` over a source with the fixed evaluation remix; returns stacked host arrays."""
   ds = make_dataset(source, config.data, batch_size=config.eval.batch_size, seed=config.data.seed, train=False)
-  out = {k: [] for k in ("x0", "x1", "pred", "stems", "target_stems")}
+  out = {k: [] for k in ("x0", "x1", "pred", "stems", "target_stems", "frames")}
   clip_ids, states, velocities, times = [], [], [], None
   for batch in ds:
     pred, traj = predict(params, device_batch(batch))
@@ -45,6 +51,7 @@ def run_predictions(predict, params, source, config) -> dict[str, Any]:
     out["x1"].append(batch["x1"][..., 0])
     out["stems"].append(batch["stems"])
     out["target_stems"].append(batch["target_stems"])
+    out["frames"].append(batch["frames"])
     clip_ids.extend(str(c) for c in batch["clip_id"])
   res = {k: np.concatenate(v) for k, v in out.items()}
   res["clip_id"] = clip_ids
@@ -54,8 +61,26 @@ def run_predictions(predict, params, source, config) -> dict[str, Any]:
   return res
 
 
+def source_loudness(res: dict[str, Any], i: int, sample_rate: int) -> dict[str, Any]:
+  """Clip i's loudness per source (LUFS, None when silent) in input, prediction (oracle stems) and target."""
+  def lufs(stems):
+    return [float(v) if np.isfinite(v) else None for v in stem_loudness(stems, sample_rate)]
+  stems = res["stems"][i]
+  return {"sources": list(SOURCES), "input": lufs(stems),
+          "prediction": lufs(loudness.oracle_stems(res["pred"][i], stems)), "target": lufs(res["target_stems"][i])}
+
+
+def write_samples(clip_dir: str, res: dict[str, Any], i: int, sample_rate: int) -> None:
+  """Clip i's frames and per-source loudness beside its wavs (see the module docstring)."""
+  os.makedirs(os.path.join(clip_dir, "frames"), exist_ok=True)
+  for k, frame in enumerate(np.asarray(res["frames"][i], np.uint8)):
+    Image.fromarray(frame).save(os.path.join(clip_dir, "frames", f"{k:03d}.png"))
+  with open(os.path.join(clip_dir, "loudness.json"), "w") as f:
+    json.dump(source_loudness(res, i, sample_rate), f, indent=2)
+
+
 def evaluate(predict, params, source, config, workdir: str, step: int) -> dict[str, Any]:
-  """Scores input and prediction, writes `<workdir>/eval.json` and sample wavs; returns the report."""
+  """Scores input and prediction, writes `<workdir>/eval.json` and the samples; returns the report."""
   res = run_predictions(predict, params, source, config)
   sr = config.data.sample_rate
   report = {
@@ -80,4 +105,5 @@ def evaluate(predict, params, source, config, workdir: str, step: int) -> dict[s
     if traj is not None:  # the per-step outputs (Fig. 5)
       for k in range(1, len(traj.times) - 1):
         sf.write(os.path.join(clip_dir, f"step_{k}.wav"), np.clip(traj.states[k, i], -1, 1), sr)
+    write_samples(clip_dir, res, i, sr)
   return report
