@@ -1,7 +1,9 @@
 """`python -m avflow highlight INPUT OUTPUT --workdir=RUN [--steps=k] [--frames=DIR]`.
 
 INPUT is a video (its audio track and its frames at 1 fps drive the model) or an audio file together with
-`--frames`, a directory of the video's frames at 1 fps. OUTPUT ending in `.wav` gets the rebalanced soundtrack
+`--frames`, a directory of the video's frames at 1 fps. Frames from either get CLIP's geometry, as `prepare` gives
+them (`video.clip_frame`: shortest side resized, centre crop), so a video and its soundtrack with its extracted
+frames give the same result. OUTPUT ending in `.wav` gets the rebalanced soundtrack
 (32-bit float); any other OUTPUT gets the input video with its picture stream unchanged and the new audio. A run
 conditioned on captions (Table 2 rows V+T, V+T+A, T) also takes `--caption="..." --text_encoder=DIR`: the caption
 is encoded by the same local T5 encoder the training records were prepared with.
@@ -13,11 +15,12 @@ import soundfile as sf
 from absl import flags
 
 from avflow.commands import parse_flags  # noqa: F401
-from avflow.data.video import VideoError, mono_resample, read_video, write_video_with_audio
-from avflow.inference import load_frames, load_run, rebalance
+from avflow.data.video import VideoError, mono_resample, read_frames, read_video, write_video_with_audio
+from avflow.inference import load_run, rebalance
 
 flags.DEFINE_string("workdir", None, "Trained run directory (its config.json and checkpoints/).", required=True)
-flags.DEFINE_string("frames", None, "For an audio INPUT: the directory of the video's frames at 1 fps.")
+flags.DEFINE_string("frames", None, "For an audio INPUT: the directory of the video's frames at 1 fps, in name "
+                    "order; they get the geometry `prepare` gives frames (shortest side resized, centre crop).")
 flags.DEFINE_integer("steps", None, "Stop after k of the N flow steps (how strong the remix); default: all N.")
 flags.DEFINE_integer("sample_rate", None, "Refuse to run unless the checkpoint was trained at this sample rate.")
 flags.DEFINE_string("caption", None, "For a caption-conditioned run: the clip's caption (one text for the whole clip).")
@@ -46,6 +49,13 @@ def _caption_features(run, caption: str | None, encoder_dir: str | None) -> np.n
     _fail(str(e))
 
 
+def _frames(folder: str, image_size: int):
+  try:
+    return read_frames(folder, image_size)
+  except (FileNotFoundError, VideoError) as e:
+    _fail(str(e))
+
+
 def main(argv):
   if len(argv) != 3:
     _fail("expected INPUT and OUTPUT, e.g. `python -m avflow highlight movie.mp4 out.mp4 --workdir=RUN`")
@@ -70,7 +80,7 @@ def main(argv):
     except (RuntimeError, sf.LibsndfileError) as e:
       _fail(f"cannot read audio {source}: {e}")
     audio = mono_resample(audio.T, sr, run.sample_rate)
-    frames = load_frames(f.frames, image_size) if f.frames else None
+    frames = _frames(f.frames, image_size) if f.frames else None
   else:
     try:
       video = read_video(source, run.sample_rate, image_size, run.config.data.frames_per_second)
@@ -78,7 +88,7 @@ def main(argv):
       _fail(str(e))
     audio, frames = video.audio, video.frames
     if f.frames:
-      frames = load_frames(f.frames, image_size)
+      frames = _frames(f.frames, image_size)
   try:
     out = np.clip(rebalance(run, audio, frames, f.steps, text), -1.0, 1.0)
   except ValueError as e:
