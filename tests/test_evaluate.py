@@ -9,13 +9,19 @@ import textwrap
 import numpy as np
 import pytest
 import soundfile as sf
+import visah_fm
+from conftest import ROOT, tiny
+from PIL import Image
 
 from avflow.data.pipeline import make_source
 from avflow.metrics import loudness
 from avflow.metrics import semantic as sem
 from avflow.metrics import signal
+from avflow.models.highlighter import Highlighter
+from avflow.train import checkpoint
 from avflow.train.evaluate import evaluate, run_predictions
-from conftest import ROOT
+from avflow.train.loop import train
+from avflow.train.step import jit, make_predict_fn
 
 SR = 8000
 
@@ -109,7 +115,8 @@ FAKE_PACKAGES = {
           return torch.tensor(np.stack(feats), dtype=torch.float32, device=device)
 
         def load_and_transform_vision_data(paths, device):
-          pixels = [np.asarray(Image.open(p).convert("RGB").resize((4, 4)), np.float32).reshape(-1) / 255 for p in paths]
+          pixels = [np.asarray(Image.open(p).convert("RGB").resize((4, 4)), np.float32).reshape(-1) / 255
+                    for p in paths]
           return torch.tensor(np.stack(pixels), device=device)
         """,
 }
@@ -118,10 +125,6 @@ FAKE_PACKAGES = {
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
   """An initialized tiny VisAH-FM run (`total_steps=0`) on 3 evaluation clips."""
-  import visah_fm
-  from conftest import tiny
-
-  from avflow.train.loop import train
   config = tiny(visah_fm.get_config("toy"))
   config.total_steps = 0
   config.data.num_eval_clips = 3
@@ -162,9 +165,6 @@ def test_eval_semantic_kld_and_ib_match_the_models_applied_directly(run_dir, loc
   report = json.load(open(os.path.join(run_dir, "eval.json")))
 
   # The same predictions and the same tiny models, applied here to the arrays and to files of our own.
-  from avflow.models.highlighter import Highlighter
-  from avflow.train import checkpoint
-  from avflow.train.step import jit, make_predict_fn
   config = checkpoint.load_config(run_dir)
   predict = jit(make_predict_fn(Highlighter(config.model), config))
   source = make_source(config.data, "val")
@@ -177,7 +177,6 @@ def test_eval_semantic_kld_and_ib_match_the_models_applied_directly(run_dir, loc
       sem.kld(target_logits, sem.classify(res["pred"], SR, classifier)), rel=1e-5)
   assert report["input"]["kld"] != pytest.approx(report["prediction"]["kld"], rel=1e-3)
 
-  from PIL import Image
   frames_of = {c["clip_id"]: c["frames"] for c in map(source.__getitem__, range(len(source)))}
   ib = []
   for i, clip in enumerate(res["clip_id"]):
@@ -218,7 +217,7 @@ def test_eval_semantic_names_a_missing_package_or_weights_file_in_one_line(run_d
 
 def test_ablate_names_a_missing_semantic_package_before_training(tmp_path):
   done = subprocess.run([sys.executable, "-m", "avflow", "ablate", "--table=3", "--set=eval.semantic=passt",
-                         f"--runs={tmp_path}"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
-                        text=True, timeout=600)
+                         f"--runs={tmp_path}"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                        capture_output=True, text=True, timeout=600)
   assert done.returncode != 0 and "avflow ablate: PasstClassifier needs the 'hear21passt' package" in done.stderr
   assert not os.listdir(tmp_path)
