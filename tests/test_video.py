@@ -120,3 +120,17 @@ def test_write_video_with_audio(tmp_path, codec, suffix, exact):
   assert v.duration == pytest.approx(2.0, abs=0.1)
   assert v.audio.shape == new.shape
   assert np.corrcoef(v.audio, new)[0, 1] > 0.99
+
+
+def test_read_frames_in_natural_order_with_clip_geometry(tmp_path):
+  for i in (1, 2, 10):
+    Image.fromarray(picture(i)).save(tmp_path / f"{i}.png")
+  (tmp_path / "notes.txt").write_text("not a frame")
+  got = video.read_frames(str(tmp_path), 16)
+  want = [video.clip_frame(Image.fromarray(picture(i)), 16) for i in (1, 2, 10)]  # "10.png" sorts last
+  np.testing.assert_array_equal(got, np.stack(want))
+  (tmp_path / "11.png").write_bytes(b"not an image")
+  with pytest.raises(video.VideoError, match="11.png: unreadable frame"):
+    video.read_frames(str(tmp_path), 16)
+  with pytest.raises(FileNotFoundError, match="holds no .png/.jpg frames"):
+    video.read_frames(str(tmp_path / "missing"), 16)
