@@ -3,8 +3,8 @@
 A row × seed is trained once: before training, the runs root is searched for a finished run of the same training
 config and seed, from this table or another (Table 8's rows differ only in inference steps and share one run;
 Table 7's warm-start rows are Table 3's first two). Our numbers are raw metric values scaled for display as the
-paper's tables are (×100 except LDif); IB and KLD need a PaSST / ImageBind model and are left empty where none is
-configured.
+paper's tables are (×100 except LDif); IB and KLD are computed when `eval.semantic` names their models (e.g.
+`--set=eval.semantic=passt,imagebind`, see `avflow/train/evaluate.py`) and left empty otherwise.
 """
 import ast
 import dataclasses
@@ -110,9 +110,10 @@ def conditioning_line(table: str, conditioning: dict[str, str]) -> str:
 
 
 def _training_key(config) -> str:
-  """Identifies what is trained: the config without its inference settings."""
+  """Identifies what is trained: the config without its inference and evaluation settings."""
   c = config.copy_and_resolve_references()
   c.inference = {}
+  c.eval = {}
   return c.to_json(sort_keys=True)
 
 
@@ -235,16 +236,15 @@ def summarize(table: str, scale: str, seeds: list[int], run: dict, root: str) ->
   for row in table_rows(table, scale):
     reports = run["results"][row.key]
     ours = {}
-    for metric in ("ldif", "mag", "env", "was"):
-      ours[metric] = _mean_std([paper_display(r["prediction"])[metric] for r in reports.values()])
+    for metric in METRICS:  # IB and KLD only where eval.semantic computed them
+      ours[metric] = _mean_std([paper_display(r["prediction"]).get(metric) for r in reports.values()])
     cosine = [r["trajectory"]["waveform"]["cosine"] for r in reports.values() if "trajectory" in r]
     rows[row.key] = {
         "label": row.label, "config": f"configs/{row.config_file}:{row.variant}",
         "conditioning": run["conditioning"][row.key], "ours": ours,
         "ldif_per_seed": {seed: paper_display(r["prediction"])["ldif"] for seed, r in reports.items()},
         "runs": {seed: os.path.relpath(run["runs"][f"{row.variant}/{seed}"], root) for seed in reports},
-        "input": {m: _mean_std([paper_display(r["input"])[m] for r in reports.values()])[0]
-                  for m in ("ldif", "mag", "env", "was")},
+        "input": {m: _mean_std([paper_display(r["input"]).get(m) for r in reports.values()])[0] for m in METRICS},
         "cosine_per_step": np.mean(cosine, axis=0).tolist() if cosine else None,
         "curvature": _mean_std([r["trajectory"]["waveform"]["curvature"] for r in reports.values()
                                 if "trajectory" in r])[0],
@@ -277,21 +277,23 @@ def markdown(summary: dict) -> str:
   conditioning = _conditioning_text({r["label"]: r["conditioning"] for r in s["rows"].values()})
   lines = [f"# Table {s['table']} at `{s['scale']}` scale: {s['title']}", "", f"Conditioning: {conditioning}.", "",
            f"Seeds: {s['seeds']}. Ours: mean ± std over seeds, display-scaled like the paper (×100 except LDif); "
-           "IB/KLD need PaSST/ImageBind and are not computed here. Paper: the published numbers "
+           "IB/KLD are — unless eval.semantic names PaSST/ImageBind. Paper: the published numbers "
            "(paper scale, Muddy Mix), for reference only — the scales differ.", "",
-           "| row | config | LDif ours | LDif per seed | Mag ours | Env ours | Was ours | cos(v̂, v) per step "
-           "| curvature | IB paper | KLD paper | LDif paper | Mag paper | Env paper | Was paper |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| row | config | IB ours | KLD ours | LDif ours | LDif per seed | Mag ours | Env ours | Was ours "
+           "| cos(v̂, v) per step | curvature | IB paper | KLD paper | LDif paper | Mag paper | Env paper "
+           "| Was paper |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in s["rows"].values():
     o = r["ours"]
     cos = "—" if r["cosine_per_step"] is None else " / ".join(f"{c:.3f}" for c in r["cosine_per_step"])
     curv = "—" if r["curvature"] is None else f"{r['curvature']:.3f}"
     per_seed = " / ".join(_fmt(v) for v in r["ldif_per_seed"].values())
-    lines.append(f"| {r['label']} | `{r['config']}` | {_fmt(*o['ldif'])} | {per_seed} | "
+    lines.append(f"| {r['label']} | `{r['config']}` | {_fmt(*o['ib'])} | {_fmt(*o['kld'])} | {_fmt(*o['ldif'])} "
+                 f"| {per_seed} | "
                  + " | ".join(_fmt(*o[m]) for m in ("mag", "env", "was"))
                  + f" | {cos} | {curv} | " + " | ".join(_fmt(r["paper"][m]) for m in METRICS) + " |")
   first = next(iter(s["rows"].values()))["input"]
-  lines += ["", "Input (unprocessed x0): " + ", ".join(f"{m} {_fmt(first[m])}" for m in ("ldif", "mag", "env", "was")),
+  lines += ["", "Input (unprocessed x0): " + ", ".join(f"{m} {_fmt(first[m])}" for m in METRICS),
             "", _wall_line(s["wall_s"])]
   return "\n".join(lines) + "\n"
 

@@ -10,6 +10,7 @@ import os
 import ml_collections
 
 from avflow.flow.objectives import ObjectiveConfig
+from avflow.metrics import semantic, signal
 from avflow.models import presets
 
 CONFIGS_PACKAGE = "avflow_configs"  # what `configs/` installs as (setup.py), so an installed avflow finds its configs
@@ -98,7 +99,10 @@ def base_config(scale: str, task: str) -> ml_collections.ConfigDict:
       learning_rate=lr, schedule="cosine", warmup_steps=50 if scale == "toy" else 500, final_lr_fraction=0.0,
       b1=0.9, b2=0.999, eps=1e-8, clip_norm=0.0))
   c.inference = ml_collections.ConfigDict(dict(num_steps=4, method="euler"))
-  c.eval = ml_collections.ConfigDict(dict(batch_size=8, num_samples=4))
+  # Env pooled per batch of env_batch_size clips as the public VisAH evaluation (0: the whole set); semantic:
+  # "passt" (KLD) and/or "imagebind" (IB), comma-separated, "" for none (`train/evaluate.py`).
+  c.eval = ml_collections.ConfigDict(dict(batch_size=8, num_samples=4, env_batch_size=signal.ENV_BATCH, semantic="",
+                                          imagebind_checkpoint=semantic.DEFAULT_IMAGEBIND_CHECKPOINT))
   # FSDP: `(regex, "fsdp")` rules over state paths shard tensors of ≥ fsdp_min_size elements (`train/sharding.py`).
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, rules=((".*", "fsdp"),), fsdp_min_size=2 ** 14))
   return c

@@ -9,12 +9,10 @@ The model hears and writes mono at its own rate; `in_input_format` brings its so
 channels and rate (`CHANNEL_MODES`).
 """
 import dataclasses
-import os
 
 import librosa
 import numpy as np
 import scipy.interpolate
-from PIL import Image
 
 from avflow.data.remix import integrated_loudness
 
@@ -67,18 +65,6 @@ def load_run(run_dir: str, step: int | None = None) -> LoadedRun:
   params = checkpoint.load_params(run_dir, step)
   model = Highlighter(config.model)
   return LoadedRun(config, params, jit(make_predict_fn(model, config), static_argnums=2))
-
-
-def load_frames(frames_dir: str, image_size: int) -> np.ndarray:
-  """Frames at 1 fps from a directory of images (sorted by name), resized to the model's size, uint8."""
-  names = sorted(n for n in os.listdir(frames_dir) if n.lower().endswith((".png", ".jpg", ".jpeg")))
-  if not names:
-    raise FileNotFoundError(f"{frames_dir} holds no .png/.jpg frames")
-  frames = []
-  for n in names:
-    with Image.open(os.path.join(frames_dir, n)) as im:
-      frames.append(np.asarray(im.convert("RGB").resize((image_size, image_size), Image.BICUBIC)))
-  return np.stack(frames)
 
 
 def window_starts(length: int, window: int, hop: int) -> list[int]:

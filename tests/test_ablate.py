@@ -143,3 +143,21 @@ def test_cli_prints_the_tables_conditioning_as_a_comment_above_the_cluster_comma
   assert first == "# Table 7: conditioning V (stored CLIP features, no adapter)"
   assert len(commands) == 4 and all(c.startswith("python -m avflow train --config=configs/visah_fm.py:paper_")
                                     for c in commands)
+
+
+def test_summary_shows_kld_and_ib_where_the_evaluation_computed_them():
+  rows = ablate.table_rows("1", "toy")
+  signal_part = {"ldif": 5.0, "mag": 0.1, "env": 0.02, "was": 0.003}
+  reports = {row.key: {0: {"input": dict(signal_part), "prediction": dict(signal_part)}} for row in rows}
+  reports["va"][0]["prediction"].update(kld=0.0970, ib=0.2912)
+  reports["va"][0]["input"].update(kld=0.2074, ib=0.2814)
+  run = {"results": reports, "runs": {f"{row.variant}/0": f"/r/{row.variant}" for row in rows},
+         "wall_s": {f"{row.variant}/0": {"train_s": 1.0, "eval_s": 1.0, "reused": False} for row in rows}}
+  summary = ablate.summarize("1", "toy", [0], run, "/r")
+  assert summary["rows"]["va"]["ours"]["kld"] == pytest.approx((9.70, 0.0))
+  assert summary["rows"]["va"]["ours"]["ib"] == pytest.approx((29.12, 0.0))
+  assert summary["rows"]["visah:"]["ours"]["kld"] == (None, None)
+  lines = ablate.markdown(summary).splitlines()
+  va = next(l for l in lines if l.startswith("| VisAH-FM (CLIP-CLAP) |")).split(" | ")
+  clip = next(l for l in lines if l.startswith("| VisAH CLIP |")).split(" | ")
+  assert va[2:5] == ["29.12 ± 0.00", "9.70 ± 0.00", "5.00 ± 0.00"] and clip[2:4] == ["—", "—"]

@@ -10,7 +10,7 @@ from PIL import Image
 
 from avflow.data import video
 from avflow.train.loop import train
-from test_video import decoded_pictures, make_video, picture
+from test_video import decoded_pictures, make_video, picture, tone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SR = 8000
@@ -74,6 +74,29 @@ def test_highlight_wav_with_frames_and_fewer_steps_remix_less(run_dir, tmp_path)
   source, _ = sf.read(tmp_path / "in.wav", dtype="float32")
   np.testing.assert_allclose(outputs[0], source, atol=1e-4)  # zero steps leave the input as it is
   assert np.abs(outputs[2] - source).mean() > np.abs(outputs[1] - source).mean() * 1.05
+
+
+def test_highlight_video_equals_its_wav_and_extracted_frames(run_dir, tmp_path):
+  movie = make_video(tmp_path / "clip.mp4", seconds=3.0, fps=4, audio=tone(3.0), sample_rate=SR)
+  decoded = video.read_video(movie, SR, 16)
+  sf.write(tmp_path / "clip.wav", decoded.audio, SR, subtype="FLOAT")
+  frames = tmp_path / "frames"
+  frames.mkdir()
+  for k, (t, _, image) in enumerate(decoded_pictures(movie)[::4]):  # the frames at t = 0, 1, 2 s, as read_video
+    assert t == pytest.approx(k)
+    image.save(frames / f"{k + 1}.png")  # lossless
+  # Frames from the folder get the video's geometry exactly; a squash of the 64 x 48 pictures to 16 x 16 would not.
+  np.testing.assert_array_equal(video.read_frames(str(frames), 16), decoded.frames)
+  squashed = np.stack([np.asarray(Image.open(frames / f"{k}.png").resize((16, 16), Image.BICUBIC)) for k in (1, 2, 3)])
+  assert np.abs(squashed.astype(int) - decoded.frames).max() > 20
+  res = _highlight(movie, tmp_path / "from_video.wav", f"--workdir={run_dir}")
+  assert res.returncode == 0, res.stderr[-3000:]
+  res = _highlight(tmp_path / "clip.wav", tmp_path / "from_frames.wav", f"--workdir={run_dir}", f"--frames={frames}")
+  assert res.returncode == 0, res.stderr[-3000:]
+  from_video, _ = sf.read(tmp_path / "from_video.wav", dtype="float32")
+  from_frames, _ = sf.read(tmp_path / "from_frames.wav", dtype="float32")
+  assert len(from_video) == 3 * SR and np.abs(from_video).max() > 0.05
+  np.testing.assert_allclose(from_frames, from_video, atol=1e-6)
 
 
 def test_highlight_errors_are_clear(run_dir, tmp_path):

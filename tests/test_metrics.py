@@ -76,6 +76,21 @@ def test_envelope_matches_fft_analytic_signal_pooled_over_batch(length):
   np.testing.assert_allclose(sig.envelope_distance(pred[..., None], target[..., None]), got, rtol=1e-12)
 
 
+def test_envelope_over_batches_of_20_as_the_public_evaluation_reports_it():
+  pred, target = _noise(14, 45, 600), _noise(15, 45, 600)
+  pred[20:40] *= 4.0  # batches with unequal errors: the mean over batches differs from one pooled RMSE
+  sq = (np.abs(_analytic(pred)) - np.abs(_analytic(target))) ** 2
+  per_batch = [np.sqrt(sq[0:20].mean()), np.sqrt(sq[20:40].mean()), np.sqrt(sq[40:45].mean())]
+  got = sig.envelope_distance_over_batches(pred, target)
+  np.testing.assert_allclose(got, np.mean(per_batch), rtol=1e-10)
+  whole = sig.envelope_distance_over_batches(pred, target, batch_size=0)
+  np.testing.assert_allclose(whole, np.sqrt(sq.mean()), rtol=1e-10)
+  assert abs(got - whole) > 1e-3
+  np.testing.assert_allclose(sig.envelope_distance_over_batches(pred[..., None], target[..., None]), got, rtol=1e-12)
+  with pytest.raises(ValueError, match="differ in shape"):
+    sig.envelope_distance_over_batches(pred[:44], target)
+
+
 def test_envelope_of_pure_tones_is_their_amplitude():
   t = np.arange(8000) / 8000
   tone = np.sin(2 * np.pi * 100 * t)  # whole number of periods: the envelope is exactly flat
@@ -157,6 +172,14 @@ def test_silent_stem_rules():
   assert ld.ldif(silent_pred, stems, SR) == pytest.approx(want, abs=1e-9)
   # All target stems silent: undefined, and left out of the batch mean.
   assert np.isnan(ld.ldif(stems, np.zeros_like(stems), SR))
+
+
+def test_all_silent_means_every_target_stem_silent():
+  stems = _stems(7)
+  assert ld.all_silent(np.zeros_like(stems), SR)
+  one_left = np.zeros_like(stems)
+  one_left[2] = stems[2]
+  assert not ld.all_silent(one_left, SR) and not ld.all_silent(stems, SR)
 
 
 def test_over_clips_returns_per_clip_values_and_defined_mean():

@@ -147,3 +147,17 @@ def test_native_soundtrack_kept_and_written_back_in_its_format(tmp_path):
   assert w.native_rate == sr and w.native_audio.shape[0] == 2
   assert abs(w.audio_bit_rate - v.audio_bit_rate) < 16_000
   assert corr(w.native_audio[0], right) > 0.95 and corr(w.native_audio[1], left) > 0.95
+
+
+def test_read_frames_in_natural_order_with_clip_geometry(tmp_path):
+  for i in (1, 2, 10):
+    Image.fromarray(picture(i)).save(tmp_path / f"{i}.png")
+  (tmp_path / "notes.txt").write_text("not a frame")
+  got = video.read_frames(str(tmp_path), 16)
+  want = [video.clip_frame(Image.fromarray(picture(i)), 16) for i in (1, 2, 10)]  # "10.png" sorts last
+  np.testing.assert_array_equal(got, np.stack(want))
+  (tmp_path / "11.png").write_bytes(b"not an image")
+  with pytest.raises(video.VideoError, match="11.png: unreadable frame"):
+    video.read_frames(str(tmp_path), 16)
+  with pytest.raises(FileNotFoundError, match="holds no .png/.jpg frames"):
+    video.read_frames(str(tmp_path / "missing"), 16)

@@ -8,13 +8,15 @@ from absl import flags
 
 from avflow import ablate
 from avflow.commands import parse_flags  # noqa: F401
+from avflow.train.evaluate import check_semantic
 
 flags.DEFINE_string("table", None, "Paper table number (1–11).", required=True)
 flags.DEFINE_enum("scale", "toy", ["toy", "small", "paper"], "Config scale of every row.")
 flags.DEFINE_list("seeds", ["0"], "Training seeds.")
 flags.DEFINE_integer("total_steps", None, "Override every row's total_steps (to fit a time budget).")
 flags.DEFINE_multi_string("set", [], "a.b=value applied to every row's config (repeatable), e.g. "
-                          "--set=model.conditioning.kind=frames_tiny; values are Python literals, else strings.")
+                          "--set=model.conditioning.kind=frames_tiny; values are Python literals, else strings. "
+                          "--set=eval.semantic=passt,imagebind adds the KLD and IB columns.")
 flags.DEFINE_string("runs", "runs/ablate", "Root of the per-row run directories.")
 flags.DEFINE_string("out", "docs/results", "Where the table's .md and .json go.")
 
@@ -27,7 +29,11 @@ def main(argv):
   try:
     overrides = ablate.parse_overrides(f.set)
     conditioning = ablate.table_conditioning(f.table, f.scale, overrides)
-  except ValueError as e:
+    for row in ablate.table_rows(f.table, f.scale):
+      config = ablate.load_config(row, overrides)
+      if f.scale != "paper":  # evaluated here: the semantic models must be in place before anything trains
+        check_semantic(config)
+  except (ValueError, ImportError, FileNotFoundError) as e:
     raise SystemExit(f"avflow ablate: {e}")
   if f.scale == "paper":  # a shell comment, then the commands: the output stays a script
     print(f"# {ablate.conditioning_line(f.table, conditioning)}")

@@ -1,7 +1,9 @@
 """`python -m avflow highlight INPUT OUTPUT --workdir=RUN [--steps=k] [--frames=DIR]`.
 
 INPUT is a video (its audio track and its frames at 1 fps drive the model) or an audio file together with
-`--frames`, a directory of the video's frames at 1 fps. OUTPUT ending in `.wav` gets the rebalanced soundtrack
+`--frames`, a directory of the video's frames at 1 fps. Frames from either get CLIP's geometry, as `prepare` gives
+them (`video.clip_frame`: shortest side resized, centre crop), so a video and its soundtrack with its extracted
+frames give the same result. OUTPUT ending in `.wav` gets the rebalanced soundtrack
 (32-bit float); any other OUTPUT gets the input video with its picture stream unchanged and the new audio as AAC
 at the input's bit rate. Either way the soundtrack keeps the input's sample rate and channels: the model hears
 the mono mix at its own rate, and `--channels` says how its mono result fills the input's channels. A run
@@ -15,11 +17,12 @@ import soundfile as sf
 from absl import flags
 
 from avflow.commands import parse_flags  # noqa: F401
-from avflow.data.video import AAC_BITRATE, VideoError, mono_resample, read_video, write_video_with_audio
-from avflow.inference import CHANNEL_MODES, describe_change, in_input_format, load_frames, load_run, rebalance
+from avflow.data.video import AAC_BITRATE, VideoError, mono_resample, read_frames, read_video, write_video_with_audio
+from avflow.inference import CHANNEL_MODES, describe_change, in_input_format, load_run, rebalance
 
 flags.DEFINE_string("workdir", None, "Trained run directory (its config.json and checkpoints/).", required=True)
-flags.DEFINE_string("frames", None, "For an audio INPUT: the directory of the video's frames at 1 fps.")
+flags.DEFINE_string("frames", None, "For an audio INPUT: the directory of the video's frames at 1 fps, in name "
+                    "order; they get the geometry `prepare` gives frames (shortest side resized, centre crop).")
 flags.DEFINE_integer("steps", None, "Stop after k of the N flow steps (how strong the remix); default: all N.")
 flags.DEFINE_integer("sample_rate", None, "Refuse to run unless the checkpoint was trained at this sample rate.")
 flags.DEFINE_string("caption", None, "For a caption-conditioned run: the clip's caption (one text for the whole clip).")
@@ -49,6 +52,13 @@ def _caption_features(run, caption: str | None, encoder_dir: str | None) -> np.n
     _fail(str(e))
 
 
+def _frames(folder: str, image_size: int):
+  try:
+    return read_frames(folder, image_size)
+  except (FileNotFoundError, VideoError) as e:
+    _fail(str(e))
+
+
 def main(argv):
   if len(argv) != 3:
     _fail("expected INPUT and OUTPUT, e.g. `python -m avflow highlight movie.mp4 out.mp4 --workdir=RUN`")
@@ -74,7 +84,7 @@ def main(argv):
       _fail(f"cannot read audio {source}: {e}")
     native, bit_rate = native.T, None
     audio = mono_resample(native, native_rate, run.sample_rate)
-    frames = load_frames(f.frames, image_size) if f.frames else None
+    frames = _frames(f.frames, image_size) if f.frames else None
   else:
     try:
       video = read_video(source, run.sample_rate, image_size, run.config.data.frames_per_second)
@@ -83,7 +93,7 @@ def main(argv):
     audio, frames = video.audio, video.frames
     native, native_rate, bit_rate = video.native_audio, video.native_rate, video.audio_bit_rate
     if f.frames:
-      frames = load_frames(f.frames, image_size)
+      frames = _frames(f.frames, image_size)
   try:
     x1_hat = np.clip(rebalance(run, audio, frames, f.steps, text), -1.0, 1.0)
   except ValueError as e:

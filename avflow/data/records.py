@@ -73,7 +73,6 @@ HASH_FRACTIONS = (0.8, 0.1, 0.1)
 STEM_FILES = {"muddy_mix": ("speech.wav", "music.wav", "effects+residual.wav"),
               "video_stems": ("speech.wav", "music.wav", "effects.wav")}
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".webm", ".avi", ".m4v")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 FEATURES_FILE = os.path.join("frames_feats", "visual_feats.pt")
 CAPTIONS_DIR = "frames_captions"
 CAPTION_FILE = "InternVL2-8B_prompt1.txt"  # the public Muddy Mix caption (its first line is the public `text`)
@@ -154,22 +153,18 @@ class Report:
 # ---------------------------------------------------------------------------------------------
 # Finding clips and splits.
 
-def _natural_key(name: str) -> list:
-  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
 def find_clips(layout: str, input_dir: str, report: Report) -> list[Clip]:
   """The clips under `input_dir` in `layout`, sorted; a second clip with an already seen name is skipped."""
   found = []
   for root, dirs, files in os.walk(input_dir):
-    dirs.sort(key=_natural_key)
+    dirs.sort(key=video_lib.natural_key)
     rel = os.path.relpath(root, input_dir)
     if layout == "muddy_mix":
       if "separated" in dirs or "audio_raw" in dirs:
         found.append(Clip(os.path.basename(root), root, rel.split(os.sep)[0]))
         dirs.clear()
     else:
-      for name in sorted(files, key=_natural_key):
+      for name in sorted(files, key=video_lib.natural_key):
         stem, ext = os.path.splitext(name)
         if ext.lower() in VIDEO_EXTENSIONS:
           top = stem if rel == "." else rel.split(os.sep)[0]
@@ -270,19 +265,12 @@ def read_wav(path: str, sample_rate: int, warn: Warn) -> np.ndarray:
 
 
 def _read_frames(folder: str, size: int) -> np.ndarray:
-  names = sorted((n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS)), key=_natural_key) \
-      if os.path.isdir(folder) else []
-  if not names:
-    raise BadClip("no frames (.png/.jpg)", folder)
-  frames = []
-  for name in names:
-    path = os.path.join(folder, name)
-    try:
-      with Image.open(path) as image:
-        frames.append(video_lib.clip_frame(image, size))
-    except OSError as e:
-      raise BadClip(f"unreadable frame ({e})", path) from e
-  return np.stack(frames)
+  try:
+    return video_lib.read_frames(folder, size)
+  except FileNotFoundError as e:
+    raise BadClip("no frames (.png/.jpg)", folder) from e
+  except video_lib.VideoError as e:
+    raise BadClip(str(e), folder) from e
 
 
 def _torch_load(path: str) -> np.ndarray:
@@ -319,7 +307,8 @@ def caption_path(layout: str, clip: Clip, warn: Warn | None = None) -> str | Non
   if os.path.isfile(os.path.join(folder, CAPTION_FILE)):
     return os.path.join(folder, CAPTION_FILE)
   names = sorted((n for n in os.listdir(folder) if n.lower().endswith(".txt")
-                  and os.path.isfile(os.path.join(folder, n))), key=_natural_key) if os.path.isdir(folder) else []
+                  and os.path.isfile(os.path.join(folder, n))),
+                 key=video_lib.natural_key) if os.path.isdir(folder) else []
   if len(names) > 1 and warn:
     warn(folder, f"{len(names)} caption files and no {CAPTION_FILE}; {names[0]} is used")
   return os.path.join(folder, names[0]) if names else None

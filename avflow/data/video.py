@@ -11,6 +11,7 @@ Muddy Mix generator reads its audio.
 """
 import dataclasses
 import os
+import re
 
 import av
 import librosa
@@ -19,6 +20,7 @@ from PIL import Image
 
 AAC_BITRATE = 192_000
 FALLBACK_VIDEO_CODEC = "libx264"
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
 class VideoError(ValueError):
@@ -55,6 +57,30 @@ def clip_frame(image: Image.Image, size: int) -> np.ndarray:
     image = image.resize((nw, nh), Image.BICUBIC)
   top, left = (nh - size) // 2, (nw - size) // 2
   return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def natural_key(name: str) -> list:
+  """Sort key that orders digit runs by value: "2.png" before "10.png"."""
+  return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def read_frames(folder: str, size: int) -> np.ndarray:
+  """The frames stored as images in `folder` (.png/.jpg, in `natural_key` order) with `clip_frame`'s geometry:
+  (F, size, size, 3) uint8. Raises `FileNotFoundError` for a folder without frames and `VideoError` naming an
+  unreadable image."""
+  names = sorted((n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS)), key=natural_key) \
+      if os.path.isdir(folder) else []
+  if not names:
+    raise FileNotFoundError(f"{folder} holds no .png/.jpg frames")
+  frames = []
+  for name in names:
+    path = os.path.join(folder, name)
+    try:
+      with Image.open(path) as image:
+        frames.append(clip_frame(image, size))
+    except OSError as e:
+      raise VideoError(f"{path}: unreadable frame ({e})") from e
+  return np.stack(frames)
 
 
 def mono_resample(audio: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:

@@ -14,15 +14,15 @@ Silent stems (integrated loudness −inf, i.e. every block below the −70 LUFS 
 - a source whose target stem is silent is left out of the mean (its loudness is undefined);
 - a silent predicted stem whose target is not silent counts at `LOUDNESS_FLOOR` = −70 LUFS, the
   BS.1770 absolute gate, which no non-silent gated loudness reaches;
-- a clip whose three target stems are all silent has LDif NaN, and `over_clips` leaves it out of
-  the mean.
+- a clip whose three target stems are all silent (`all_silent`) has LDif NaN, and `over_clips`
+  leaves it out of the mean.
 LDif is in LU and is never scaled for display (Table 1 caption).
 """
 from typing import Callable, Protocol
 
 import numpy as np
 
-from avflow.data.remix import SOURCES, integrated_loudness
+from avflow.data.remix import SOURCES, integrated_loudness, stem_loudness
 
 LOUDNESS_FLOOR = -70.0
 
@@ -60,6 +60,11 @@ def ldif(pred_stems, target_stems, sr: int) -> float:
     return float("nan")
   pred = np.array([integrated_loudness(s, sr) for s, k in zip(pred_stems, keep) if k])
   return float(np.mean(np.abs(np.maximum(pred, LOUDNESS_FLOOR) - target[keep])))
+
+
+def all_silent(stems, sr: int) -> bool:
+  """Whether every stem `(3, L)` is silent (integrated loudness −inf): a clip without a defined LDif."""
+  return not np.isfinite(stem_loudness(_stems(stems), sr)).any()
 
 
 def oracle_stems(pred, basis_stems) -> np.ndarray:

@@ -20,6 +20,7 @@ import scipy.special
 import soundfile
 
 KLD_FLOOR = 1e-6
+DEFAULT_IMAGEBIND_CHECKPOINT = ".checkpoints/imagebind_huge.pth"  # where ImageBind keeps its weights
 
 
 class AudioClassifier(Protocol):
@@ -162,13 +163,20 @@ class PasstClassifier:
   sample_rate = 32000
   weights_file = "passt-s-f128-p16-s10-ap.476-swa.pt"
 
-  def __init__(self, device: str = "cpu"):
-    self._torch = _require("torch", "torch", "PasstClassifier")
+  @classmethod
+  def check(cls):
+    """(torch, hear21passt.base) when both are installed and the weights file is in place; otherwise an
+    `ImportError` naming the package or a `FileNotFoundError` naming the file."""
+    torch = _require("torch", "torch", "PasstClassifier")
     base = _require("hear21passt.base", "hear21passt", "PasstClassifier")
-    weights = Path(self._torch.hub.get_dir()) / "checkpoints" / self.weights_file
+    weights = Path(torch.hub.get_dir()) / "checkpoints" / cls.weights_file
     if not weights.is_file():
-      raise FileNotFoundError(f"PasstClassifier needs the PaSST weights file {self.weights_file} at {weights} "
+      raise FileNotFoundError(f"PasstClassifier needs the PaSST weights file {cls.weights_file} at {weights} "
                               "(from the PaSST v0.0.1-audioset release).")
+    return torch, base
+
+  def __init__(self, device: str = "cpu"):
+    self._torch, base = self.check()
     self._device = device
     self._model = base.get_basic_model(mode="logits").to(device).eval()
 
@@ -186,12 +194,19 @@ class ImageBindEmbedder:
   `.checkpoints/imagebind_huge.pth`).
   """
 
-  def __init__(self, checkpoint: str = ".checkpoints/imagebind_huge.pth", device: str = "cpu"):
-    self._torch = _require("torch", "torch", "ImageBindEmbedder")
+  @staticmethod
+  def check(checkpoint: str = DEFAULT_IMAGEBIND_CHECKPOINT):
+    """(torch, imagebind.models.imagebind_model, imagebind.data) when installed and `checkpoint` exists;
+    otherwise an `ImportError` naming the package or a `FileNotFoundError` naming the file."""
+    torch = _require("torch", "torch", "ImageBindEmbedder")
     model_lib = _require("imagebind.models.imagebind_model", "imagebind", "ImageBindEmbedder")
-    self._data = _require("imagebind.data", "imagebind", "ImageBindEmbedder")
+    data = _require("imagebind.data", "imagebind", "ImageBindEmbedder")
     if not Path(checkpoint).is_file():
       raise FileNotFoundError(f"ImageBindEmbedder needs the weights file imagebind_huge.pth at {checkpoint}.")
+    return torch, model_lib, data
+
+  def __init__(self, checkpoint: str = DEFAULT_IMAGEBIND_CHECKPOINT, device: str = "cpu"):
+    self._torch, model_lib, self._data = self.check(checkpoint)
     self._modality = model_lib.ModalityType
     self._device = device
     model = model_lib.imagebind_huge(pretrained=False)

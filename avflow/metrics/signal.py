@@ -1,9 +1,11 @@
 """Signal metrics of VisAH / VisAH-FM: Mag, Env and Was (W-dis), on the host in numpy/scipy.
 
 Each follows the public VisAH evaluation code (`calculate_metrics` and its losses), quirks included:
-Env pools the RMSE over the whole batch, Was compares the distributions of raw sample values, and
-no metric is scaled. The ×100 in the VisAH-FM tables (Table 1 caption: "all values except the LDif
-are multiplied by 100") is applied only for display, by `paper_display`.
+Env pools the RMSE over a batch of clips (`envelope_distance`), and a set of clips is scored as that
+code reports it, per batch of 20 clips averaged over batches (`envelope_distance_over_batches`); Was
+compares the distributions of raw sample values, and no metric is scaled. The ×100 in the VisAH-FM
+tables (Table 1 caption: "all values except the LDif are multiplied by 100") is applied only for
+display, by `paper_display`.
 
 Inputs are `(B, L)` or channels-last `(B, L, C)` float arrays (avflow's audio layout).
 """
@@ -12,6 +14,9 @@ import scipy.signal
 import scipy.stats
 
 MAG_FFT = 2048  # `fft_bins` of the public `FourierTransform`.
+# The public evaluation's test batch (`testing.batch_size: 20` in visah/configs/main_config.yaml); Lightning logs
+# each batch's Env with the constant batch_size=20 and reports the mean over the epoch's batches.
+ENV_BATCH = 20
 
 
 def _as_channels(x) -> np.ndarray:
@@ -79,6 +84,18 @@ def envelope_distance(pred, target) -> float:
   env_p = np.abs(scipy.signal.hilbert(p, axis=-1))
   env_t = np.abs(scipy.signal.hilbert(t, axis=-1))
   return float(np.sqrt(np.mean((env_p - env_t) ** 2, axis=(1, 2))).sum())
+
+
+def envelope_distance_over_batches(pred, target, batch_size: int = ENV_BATCH) -> float:
+  """Env of a set of clips as the public VisAH evaluation reports it: `envelope_distance` pooled within each batch
+  of `batch_size` consecutive clips, then the plain mean over batches (a smaller last batch counts as one, as
+  Lightning's epoch mean with a constant logged batch size counts it). `batch_size=0` pools the whole set."""
+  if batch_size < 0:
+    raise ValueError(f"Env batch size must be >= 0 (0: pool the whole set), got {batch_size}")
+  _check_pair(pred, target)
+  pred, target = np.asarray(pred), np.asarray(target)
+  size = batch_size or len(pred)
+  return float(np.mean([envelope_distance(pred[i:i + size], target[i:i + size]) for i in range(0, len(pred), size)]))
 
 
 def wasserstein(pred, target) -> float:
