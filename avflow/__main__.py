@@ -1,6 +1,12 @@
-"""`python -m avflow <command> [flags]`: each command lives in `avflow/commands/<command>.py` with its own flags."""
+"""`python -m avflow <command> [flags]`: each command lives in `avflow/commands/<command>.py` with its own flags.
+
+Expected failures (`avflow.errors.AvflowError`) end as one line `avflow <command>: <message>` on stderr with exit
+status 1 (2 for wrong arguments); anything else still shows its traceback.
+"""
 import importlib
 import sys
+
+from avflow.errors import AvflowError
 
 COMMANDS = {
     "train": "train a model (default config: configs/visah_fm.py:toy)",
@@ -37,7 +43,15 @@ def run(argv=None) -> None:
     sys.exit(2)
   from absl import app
   module = importlib.import_module(f"avflow.commands.{MODULES.get(command, command)}")
-  app.run(module.main, argv=[f"avflow {command}"] + argv[2:], flags_parser=module.parse_flags)
+
+  def main(args):
+    try:
+      return module.main(args)
+    except AvflowError as e:
+      print(f"avflow {command}: {e}", file=sys.stderr)
+      sys.exit(e.exit_status)
+
+  app.run(main, argv=[f"avflow {command}"] + argv[2:], flags_parser=module.parse_flags)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ import sys
 
 from absl import flags
 
+from avflow.errors import UsageError
+
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                               "configs", "visah_fm.py") + ":toy"
 
@@ -15,3 +17,9 @@ def parse_flags(argv):
   except flags.Error as e:
     print(f"{argv[0]}: {e}", file=sys.stderr)
     sys.exit(2)
+
+
+def no_arguments(argv) -> None:
+  """Refuses positional arguments (exit status 2): the command takes flags only."""
+  if len(argv) > 1:
+    raise UsageError(f"unexpected arguments {argv[1:]}")

@@ -6,7 +6,7 @@ are written; at `paper` scale the per-row training commands are printed for a cl
 from absl import flags
 
 from avflow import ablate
-from avflow.commands import parse_flags  # noqa: F401
+from avflow.commands import no_arguments, parse_flags  # noqa: F401
 
 flags.DEFINE_string("table", None, "Paper table number (1–11).", required=True)
 flags.DEFINE_enum("scale", "toy", ["toy", "small", "paper"], "Config scale of every row.")
@@ -19,8 +19,7 @@ flags.DEFINE_string("out", "docs/results", "Where the table's .md and .json go."
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise SystemExit(f"avflow ablate: unexpected arguments {argv[1:]}")
+  no_arguments(argv)
   f = flags.FLAGS
   seeds = [int(s) for s in f.seeds]
   try:

@@ -61,8 +61,8 @@ def train(config, workdir: str, resume: bool = False) -> TrainState:
   os.makedirs(workdir, exist_ok=True)
   ckpt = checkpoint.Checkpointer(workdir)
   if ckpt.latest_step() is not None and not resume:
-    raise FileExistsError(f"{workdir} already holds checkpoints (step {ckpt.latest_step()}): pass --resume to "
-                          "continue that run, or choose a new --workdir")
+    raise checkpoint.RunExistsError(f"{workdir} already holds checkpoints (step {ckpt.latest_step()}): pass "
+                                    "--resume to continue that run, or choose a new --workdir")
   checkpoint.save_config(workdir, config)
 
   model = Highlighter(config.model)
