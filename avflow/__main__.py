@@ -1,8 +1,4 @@
-"""`python -m avflow <command> [flags]`: each command lives in `avflow/commands/<command>.py` with its own flags.
-
-Expected failures (`avflow.errors.AvflowError`) end as one line `avflow <command>: <message>` on stderr with exit
-status 1 (2 for wrong arguments); anything else still shows its traceback.
-"""
+"""`python -m avflow <command> [flags]`: each command lives in `avflow/commands/<command>.py` with its own flags."""
 import importlib
 import sys
 
@@ -44,7 +40,7 @@ def run(argv=None) -> None:
   from absl import app
   module = importlib.import_module(f"avflow.commands.{MODULES.get(command, command)}")
 
-  def main(args):
+  def main(args):  # an expected failure is one line on stderr, exit status 1 (2: wrong arguments)
     try:
       return module.main(args)
     except AvflowError as e:

@@ -9,3 +9,11 @@ class AvflowError(Exception):
 class UsageError(AvflowError):
   """Wrong positional arguments; CLI exit status 2, like a bad flag."""
   exit_status = 2
+
+
+class RunNotFoundError(AvflowError, FileNotFoundError):
+  """A run directory that is missing, or lacks its config or a complete checkpoint."""
+
+
+class RunExistsError(AvflowError, FileExistsError):
+  """A new run asked for in a directory that already holds one."""

@@ -62,7 +62,7 @@ def check_output(path: str, inputs: Iterable[str | None] = (), *, suffixes: Sequ
       raise OutputError(f"cannot write {path}: the output must end in {', '.join(suffixes)}")
   else:
     if os.path.exists(path) and not os.path.isdir(path):
-      raise OutputError(f"the output folder {path} exists and is not a folder")
+      raise OutputError(f"the output {path} is a file; give a folder")
     for entry in entries:
       for source in inputs:
         if _within(source, os.path.join(path, entry)):

@@ -12,18 +12,10 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from avflow.errors import AvflowError
+from avflow.errors import RunNotFoundError
 
 CONFIG_FILE = "config.json"
 RUN_ENTRIES = (CONFIG_FILE, "checkpoints")  # what a run is read from
-
-
-class RunNotFoundError(AvflowError, FileNotFoundError):
-  """A run directory without its config or a complete checkpoint."""
-
-
-class RunExistsError(AvflowError, FileExistsError):
-  """A new run asked for in a directory that already holds one."""
 
 
 class Checkpointer:
