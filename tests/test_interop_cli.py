@@ -4,6 +4,7 @@ highlighter (`torch_visah.VisAHFMHighlighter`) on exported weights against the F
 The CLI tests go file -> `import` -> run directory -> `export` -> file and check both directions bitwise.
 """
 import os
+import re
 import subprocess
 import sys
 
@@ -19,6 +20,7 @@ import visah
 import visah_fm
 from avflow.interop import torch_visah as tv
 from avflow.interop import visah_torch as vt
+from avflow.interop.hf_import import load_state_dict
 from avflow.models.highlighter import Highlighter
 from avflow.train import checkpoint
 from avflow.train.loop import merge_params
@@ -131,6 +133,16 @@ def test_random_init_torch_export_with_its_conditioner_round_trips(tmp_path):
   assert again.keys() == stored.keys()
   for k in stored:
     assert again[k].dtype == stored[k].dtype and np.array_equal(again[k], stored[k]), k
+
+
+def test_unreadable_checkpoints_are_named_with_a_reason(tmp_path):
+  torch.save({"w": torch.ones(2)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+  assert set(load_state_dict(str(tmp_path / "old.pt"))) == {"w"}  # a pickle from before torch 1.6 still loads
+  for name, reason in (("bad.ckpt", "is not a PyTorch checkpoint that can be read (invalid data)"),
+                       ("bad.safetensors", "is not a safetensors file that can be read")):
+    (tmp_path / name).write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / name} {reason}")):
+      load_state_dict(str(tmp_path / name))
 
 
 def test_import_reports_every_mismatch_at_once(tmp_path):
