@@ -131,6 +131,7 @@ def test_highlight_checks_its_output_before_loading_the_model(clip, tmp_path):
       ((clip, tmp_path / "out.txt"), 1, "the output must end in .wav, .mp4, .m4v, .mov, .mkv"),
       ((clip, tmp_path / "file" / "out.wav"), 1, f"cannot create the folder {tmp_path / 'file'}"),
       ((tmp_path / "in.wav", tmp_path / "out.mp4"), 1, "an audio INPUT can only be written to a .wav OUTPUT"),
+      ((clip, tmp_path / "out.wav", f"--frames={tmp_path / 'frames'}"), 1, "frames is not a folder of frames"),
       ((clip,), 2, "expected INPUT and OUTPUT"),
   ]
   for args, status, message in cases:

@@ -59,6 +59,8 @@ def main(argv):
   f = flags.FLAGS
   if not os.path.exists(source):
     _fail(f"{source} does not exist")
+  if f.frames and not os.path.isdir(f.frames):
+    _fail(f"--frames={f.frames} is not a folder of frames")
   check_output(output, [source, f.frames, f.text_encoder, *run_files(f.workdir)], suffixes=(".wav", *VIDEO_OUTPUTS))
   is_audio = source.lower().endswith(AUDIO_SUFFIXES)
   if is_audio and not output.lower().endswith(".wav"):
