@@ -2,6 +2,8 @@
 import importlib
 import sys
 
+from avflow.errors import AvflowError
+
 COMMANDS = {
     "train": "train a model (default config: configs/visah_fm.py:toy)",
     "eval": "evaluate a run's checkpoint on held-out clips",
@@ -40,7 +42,15 @@ def run(argv=None) -> None:
   from avflow import compile_cache
   compile_cache.enable()
   module = importlib.import_module(f"avflow.commands.{MODULES.get(command, command)}")
-  app.run(module.main, argv=[f"avflow {command}"] + argv[2:], flags_parser=module.parse_flags)
+
+  def main(args):  # an expected failure is one line on stderr, exit status 1 (2: wrong arguments)
+    try:
+      return module.main(args)
+    except AvflowError as e:
+      print(f"avflow {command}: {e}", file=sys.stderr)
+      sys.exit(e.exit_status)
+
+  app.run(main, argv=[f"avflow {command}"] + argv[2:], flags_parser=module.parse_flags)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,14 @@ def tiny(config, encoders: bool = False):
   return config
 
 
+def cli_error(proc, command: str, status: int = 1) -> str:
+  """The one-line error `avflow <command>: ...` a failed CLI run ended with (library logs may precede it)."""
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == status and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert lines and lines[-1].startswith(f"avflow {command}: "), proc.stderr[-3000:]
+  return lines[-1]
+
+
 @pytest.fixture
 def tiny_fm_config():
   import visah_fm
@@ -56,3 +64,15 @@ def tiny_fm_config():
 def tiny_visah_config():
   import visah
   return tiny(visah.get_config("toy"))
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory):
+  """An initialized tiny VisAH-FM run (`total_steps=0`): its velocity field is random but not zero."""
+  import visah_fm
+  from avflow.train.loop import train
+  config = tiny(visah_fm.get_config("toy"))
+  config.total_steps = 0
+  workdir = str(tmp_path_factory.mktemp("run"))
+  train(config, workdir)
+  return workdir

@@ -9,7 +9,7 @@ import soundfile as sf
 from PIL import Image
 
 from avflow.data import video
-from avflow.train.loop import train
+from conftest import cli_error
 from test_video import decoded_pictures, make_video, picture, tone
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,18 +19,6 @@ SR = 8000
 def _highlight(*args):
   return subprocess.run([sys.executable, "-m", "avflow", "highlight", *map(str, args)], cwd=ROOT,
                         capture_output=True, text=True, timeout=900)
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-  """An initialized tiny VisAH-FM run (`total_steps=0`): its velocity field is random but not zero."""
-  import visah_fm
-  from conftest import tiny
-  config = tiny(visah_fm.get_config("toy"))
-  config.total_steps = 0
-  workdir = str(tmp_path_factory.mktemp("run"))
-  train(config, workdir)
-  return workdir
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +53,11 @@ def test_highlight_wav_with_frames_and_fewer_steps_remix_less(run_dir, tmp_path)
   for i in range(3):
     Image.fromarray(picture(i)).save(frames / f"{i:03d}.png")
   outputs = {}
-  for k in (0, 1, 2):
-    res = _highlight(tmp_path / "in.wav", tmp_path / f"out{k}.wav", f"--workdir={run_dir}", f"--frames={frames}",
-                     f"--steps={k}")
+  for k in (0, 1, 2):  # the first call creates the missing folders of OUTPUT
+    out = tmp_path / "new" / "folder" / f"out{k}.wav"
+    res = _highlight(tmp_path / "in.wav", out, f"--workdir={run_dir}", f"--frames={frames}", f"--steps={k}")
     assert res.returncode == 0, res.stderr[-3000:]
-    outputs[k], sr = sf.read(tmp_path / f"out{k}.wav", dtype="float32")
+    outputs[k], sr = sf.read(out, dtype="float32")
     assert sr == SR and len(outputs[k]) == 3 * SR
   source, _ = sf.read(tmp_path / "in.wav", dtype="float32")
   np.testing.assert_allclose(outputs[0], source, atol=1e-4)  # zero steps leave the input as it is
@@ -99,22 +87,29 @@ def test_highlight_video_equals_its_wav_and_extracted_frames(run_dir, tmp_path):
   np.testing.assert_allclose(from_frames, from_video, atol=1e-6)
 
 
-def test_highlight_errors_are_clear(run_dir, tmp_path):
+def test_highlight_errors_are_one_clear_line(run_dir, tmp_path):
   silent = make_video(tmp_path / "silent.mp4", seconds=2.0, fps=4)
   garbage = tmp_path / "garbage.mp4"
   garbage.write_bytes(b"not a video at all")
+  noise = tmp_path / "noise.wav"
+  noise.write_bytes(b"RIFF and then nothing an audio decoder understands" * 20)
+  frames = tmp_path / "frames"
+  frames.mkdir()
+  Image.fromarray(picture(0)).save(frames / "000.png")
   empty_run = tmp_path / "empty"
   empty_run.mkdir()
+  undecodable = "is not a video or audio file that can be decoded (invalid data)"
   cases = [
-      ((silent, tmp_path / "o.mp4", f"--workdir={run_dir}"), "no audio track"),
-      ((garbage, tmp_path / "o.mp4", f"--workdir={run_dir}"), "cannot read video"),
+      ((silent, tmp_path / "o.mp4", f"--workdir={run_dir}"), "silent.mp4: the video has no audio track"),
+      ((garbage, tmp_path / "o.mp4", f"--workdir={run_dir}"), f"garbage.mp4 {undecodable}"),
+      ((noise, tmp_path / "o.wav", f"--workdir={run_dir}", f"--frames={frames}"), f"noise.wav {undecodable}"),
       ((silent, tmp_path / "o.mp4", f"--workdir={empty_run}"), "not an avflow run directory"),
       ((silent, tmp_path / "o.mp4", f"--workdir={run_dir}", "--sample_rate=44100"), "trained at 8000 Hz"),
       ((tmp_path / "missing.mp4", tmp_path / "o.mp4", f"--workdir={run_dir}"), "does not exist"),
   ]
   for args, message in cases:
-    res = _highlight(*args)
-    assert res.returncode != 0 and message in res.stderr, (args, res.stderr[-2000:])
+    assert message in cli_error(_highlight(*args), "highlight"), args
+    assert not os.path.exists(tmp_path / "o.mp4") and not os.path.exists(tmp_path / "o.wav")
 
 
 def _stereo_pair(sr, seconds=2.0):

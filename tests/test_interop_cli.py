@@ -4,6 +4,7 @@ highlighter (`torch_visah.VisAHFMHighlighter`) on exported weights against the F
 The CLI tests go file -> `import` -> run directory -> `export` -> file and check both directions bitwise.
 """
 import os
+import re
 import subprocess
 import sys
 
@@ -19,11 +20,13 @@ import visah
 import visah_fm
 from avflow.interop import torch_visah as tv
 from avflow.interop import visah_torch as vt
+from avflow.interop.hf_import import load_state_dict
 from avflow.models.highlighter import Highlighter
 from avflow.train import checkpoint
 from avflow.train.loop import merge_params
 from avflow.train.state import abstract_params
 from avflow.train.step import make_predict_fn
+from conftest import cli_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PUBLIC_KEYS = 564  # the released VisAH Lightning checkpoint
@@ -99,8 +102,9 @@ def test_public_checkpoint_import_export_round_trip_at_paper_scale(tmp_path):
 
 
 def test_random_init_torch_export_with_its_conditioner_round_trips(tmp_path):
-  """The toy VisAH with its frame encoder: random init -> `.safetensors` -> run -> the same tensors."""
-  path = str(tmp_path / "toy.safetensors")
+  """The toy VisAH with its frame encoder: random init -> `.safetensors` (into a missing folder) -> run -> the same
+  tensors; neither command overwrites its input."""
+  path = str(tmp_path / "new" / "folder" / "toy.safetensors")
   # Initializing compiles one random-number kernel per parameter: unoptimized code compiles twice as fast.
   out = _cli("export", "--config=configs/visah.py:toy", "--random_init", "--format=torch", f"--out={path}",
              env={"XLA_FLAGS": "--xla_backend_optimization_level=0"}).stdout
@@ -113,12 +117,32 @@ def test_random_init_torch_export_with_its_conditioner_round_trips(tmp_path):
   _cli("import", f"--ckpt={path}", f"--out={run}")
   params = checkpoint.load_params(run)
   assert set(params) == {"visah", "frame_encoder"}
+  assert sorted(os.listdir(tmp_path)) == ["new", "run"] and sorted(os.listdir(run)) == ["checkpoints", "config.json"]
+  assert "is the input" in cli_error(_cli("import", f"--ckpt={path}", f"--out={path}", fails=True), "import")
+  into_checkpoints = os.path.join(run, "checkpoints", "0", "x.safetensors")
+  assert "lies inside the input" in cli_error(
+      _cli("export", f"--workdir={run}", "--format=torch", f"--out={into_checkpoints}", fails=True), "export")
+  missing_run = str(tmp_path / "no_run")  # the output is checked before the run is read
+  assert "must end in .safetensors" in cli_error(
+      _cli("export", f"--workdir={missing_run}", "--format=torch", f"--out={tmp_path / 'x.ckpt'}", fails=True),
+      "export")
+  assert sorted(os.listdir(tmp_path)) == ["new", "run"] and not os.path.exists(into_checkpoints)
   with safe_open(path, framework="np") as f:
     stored = {k: f.get_tensor(k) for k in f.keys()}
   again = vt.highlighter_to_torch(params, checkpoint.load_config(run).model)
   assert again.keys() == stored.keys()
   for k in stored:
     assert again[k].dtype == stored[k].dtype and np.array_equal(again[k], stored[k]), k
+
+
+def test_unreadable_checkpoints_are_named_with_a_reason(tmp_path):
+  torch.save({"w": torch.ones(2)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+  assert set(load_state_dict(str(tmp_path / "old.pt"))) == {"w"}  # a pickle from before torch 1.6 still loads
+  for name, reason in (("bad.ckpt", "is not a PyTorch checkpoint that can be read (invalid data)"),
+                       ("bad.safetensors", "is not a safetensors file that can be read")):
+    (tmp_path / name).write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match=re.escape(f"{tmp_path / name} {reason}")):
+      load_state_dict(str(tmp_path / name))
 
 
 def test_import_reports_every_mismatch_at_once(tmp_path):

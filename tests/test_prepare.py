@@ -15,6 +15,7 @@ from PIL import Image
 from avflow import configs_lib
 from avflow.data import pipeline, records, video
 from avflow.data.remix import stem_loudness
+from avflow.outputs import OutputError
 from test_video import make_video, picture, tone
 
 SR = 8000
@@ -194,6 +195,13 @@ def test_strict_stops_at_the_first_bad_clip(tmp_path):
   assert run.returncode == 0, run.stderr
   assert "2 clips ok, 1 skipped" in run.stdout
   assert len(records.RecordSource(str(out), "train")) == 2
+
+  with pytest.raises(records.PrepareError, match="b_bad"):  # a failed rebuild keeps the records already there
+    records.prepare(str(inp), str(out), spec=SPEC, strict=True, overwrite=True)
+  assert len(records.RecordSource(str(out), "train")) == 2
+  with pytest.raises(OutputError, match="lies inside the input"):
+    records.prepare(str(inp), str(inp / "records"), spec=SPEC)
+  assert sorted(os.listdir(tmp_path)) == ["in", "out"]  # no temporary folder left behind
 
 
 def test_video_stems_layout(tmp_path):

@@ -19,7 +19,7 @@ from avflow.train import checkpoint
 from avflow.train.loop import NonFiniteError, train
 from avflow.train.state import abstract_batch, create_train_state, make_optimizer
 from avflow.train.step import make_train_step
-from conftest import tiny
+from conftest import cli_error, tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--config.batch_size=2", "--config.log_every=1", "--config.data.clip_seconds=1.0",
@@ -176,6 +176,8 @@ def test_cli_reports_bad_arguments_in_one_line(tmp_path):
   assert bad.returncode != 0 and "no_such_field" in bad.stderr
   missing = _cli("info", "--config=configs/visah_fm.py:huge")
   assert missing.returncode != 0 and "unknown variant 'huge'" in missing.stderr
+  extra = _cli("info", "extra")
+  assert "unexpected arguments ['extra']" in cli_error(extra, "info", status=2)
 
 
 def test_info_prints_the_public_visah_parameter_count():

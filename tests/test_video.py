@@ -98,10 +98,12 @@ def test_read_video_errors(tmp_path):
   assert v.audio is None and v.frames.shape == (2, 16, 16, 3)
   garbage = tmp_path / "garbage.mp4"
   garbage.write_bytes(b"this is not a video" * 50)
-  with pytest.raises(video.VideoError, match="cannot read video"):
+  with pytest.raises(video.VideoError, match=r"garbage.mp4 is not a video or audio file that can be decoded \(invalid"):
     video.read_video(str(garbage), SR, 16)
-  with pytest.raises(video.VideoError, match="cannot read video"):
+  with pytest.raises(video.VideoError, match="missing.mp4 does not exist"):
     video.read_video(str(tmp_path / "missing.mp4"), SR, 16)
+  with pytest.raises(video.VideoError, match="garbage.mp4 is not a video or audio file that can be decoded"):
+    video.read_audio(str(garbage))
 
 
 @pytest.mark.parametrize("codec,suffix,exact", [("mpeg4", "mp4", True), ("rawvideo", "mkv", False)])

@@ -5,6 +5,7 @@ import sys
 from absl import flags
 
 from avflow.configs_lib import resolve_config_file, shipped_configs_dir
+from avflow.errors import UsageError
 
 DEFAULT_CONFIG = os.path.join(shipped_configs_dir(), "visah_fm.py") + ":toy"
 
@@ -28,3 +29,9 @@ def parse_flags(argv):
   except flags.Error as e:
     print(f"{argv[0]}: {e}", file=sys.stderr)
     sys.exit(2)
+
+
+def no_arguments(argv) -> None:
+  """Refuses positional arguments (exit status 2): the command takes flags only."""
+  if len(argv) > 1:
+    raise UsageError(f"unexpected arguments {argv[1:]}")

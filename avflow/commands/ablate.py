@@ -7,7 +7,7 @@ First comes the conditioning the table's rows train with, e.g. "Table 3: conditi
 from absl import flags
 
 from avflow import ablate
-from avflow.commands import parse_flags  # noqa: F401
+from avflow.commands import no_arguments, parse_flags  # noqa: F401
 from avflow.train.evaluate import check_semantic
 
 flags.DEFINE_string("table", None, "Paper table number (1–11).", required=True)
@@ -22,8 +22,7 @@ flags.DEFINE_string("out", "docs/results", "Where the table's .md and .json go."
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise SystemExit(f"avflow ablate: unexpected arguments {argv[1:]}")
+  no_arguments(argv)
   f = flags.FLAGS
   seeds = [int(s) for s in f.seeds]
   try:

@@ -14,7 +14,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from avflow import bench
-from avflow.commands import DEFAULT_CONFIG, parse_flags  # noqa: F401  (parse_flags is used by __main__)
+from avflow.commands import DEFAULT_CONFIG, no_arguments, parse_flags  # noqa: F401  (parse_flags is used by __main__)
 from avflow.flow.objectives import REMAT_POLICIES
 
 config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Config file and variant whose shapes are measured.",
@@ -43,8 +43,7 @@ def table(figures: dict, prefix: str = "") -> list[str]:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise SystemExit(f"avflow bench: unexpected arguments {argv[1:]}")
+  no_arguments(argv)
   f = flags.FLAGS
   config = f.config
   timed = f.remat_policies if f.timed_policies is None else f.timed_policies

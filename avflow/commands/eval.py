@@ -9,7 +9,7 @@ import json
 
 from absl import flags
 
-from avflow.commands import parse_flags  # noqa: F401
+from avflow.commands import no_arguments, parse_flags  # noqa: F401
 from avflow.data.pipeline import make_source
 from avflow.models.highlighter import Highlighter
 from avflow.train import checkpoint
@@ -28,8 +28,7 @@ flags.DEFINE_integer("env_batch_size", None, "Env pooled per batch of this many 
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise SystemExit(f"avflow eval: unexpected arguments {argv[1:]}")
+  no_arguments(argv)
   f = flags.FLAGS
   config = checkpoint.load_config(f.workdir)
   if f.num_steps:

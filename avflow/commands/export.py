@@ -8,6 +8,8 @@ conditioner's parameters under `frame_encoder.`/`clip.`/`clap.`, and the config 
 `torch_visah.load_export(FILE)` rebuilds the network and `torch_visah.VisAHFMHighlighter` runs the flow, on context
 tokens the caller supplies (torch_visah has no PyTorch conditioner).
 `--random_init` exports the parameters `train` would start from (seed `config.seed`).
+`--out` is checked before anything is computed (its suffix, not a file of the run; missing folders are created)
+and written to a temporary file beside it that replaces it only when complete.
 """
 import collections
 
@@ -17,13 +19,15 @@ import optax
 from absl import flags
 from ml_collections import config_flags
 
-from avflow.commands import parse_flags  # noqa: F401  (parse_flags is used by __main__)
+from avflow.commands import no_arguments, parse_flags  # noqa: F401  (parse_flags is used by __main__)
 from avflow.interop import torch_visah, visah_torch
 from avflow.models.highlighter import Highlighter
+from avflow.outputs import check_output, staged_file
 from avflow.train import checkpoint
 from avflow.train.state import abstract_batch, create_train_state
 
 FORMATS = ("visah", "torch")
+SUFFIXES = {"visah": (".ckpt", ".pt", ".pth", ".safetensors"), "torch": (".safetensors",)}  # what each writes
 # What the context tokens (B, N, context_dim) of each conditioning kind are, for the PyTorch user.
 CONTEXT_TOKENS = {
     "features": "the stored per-frame features (`{features_key}` of the records)",
@@ -38,7 +42,8 @@ config_flags.DEFINE_config_file("config", None, "Config file and variant, with -
 flags.DEFINE_bool("random_init", False, "Export freshly initialized parameters of --config.")
 flags.DEFINE_enum("format", None, FORMATS, "visah: the public VisAH Lightning layout; torch: the whole model as "
                   ".safetensors for avflow/interop/torch_visah.py.", required=True)
-flags.DEFINE_string("out", None, "Output file (.ckpt for visah, .safetensors for torch).", required=True)
+flags.DEFINE_string("out", None, "Output file (visah: .ckpt, .pt, .pth or .safetensors; torch: .safetensors); "
+                    "missing folders are created.", required=True)
 
 
 def random_params(config):
@@ -49,10 +54,8 @@ def random_params(config):
 
 
 def export_visah(path: str, params, config) -> None:
-  if config.model.time_conditioning != "none":
-    raise SystemExit(f"avflow export: the public VisAH layout has no time conditioning (this model has "
-                     f"model.time_conditioning={config.model.time_conditioning!r}); use --format=torch")
-  visah_torch.save_checkpoint(path, params["visah"], config.model)
+  with staged_file(path) as partial:
+    visah_torch.save_checkpoint(partial, params["visah"], config.model)
   print(f"wrote {path}: the VisAH network in the public Lightning layout")
   if config.model.latent.context_attention != "legacy_batch_axis":
     print(f"notice: this model's context encoder attends over each clip's frames "
@@ -65,7 +68,8 @@ def export_visah(path: str, params, config) -> None:
 
 
 def export_torch(path: str, params, config) -> None:
-  state = visah_torch.save_torch_export(path, params, config)
+  with staged_file(path) as partial:
+    state = visah_torch.save_torch_export(partial, params, config)
   prefixes = collections.Counter(key.split(".", 1)[0] for key in state)
   print(f"wrote {path}: {len(state)} tensors ({', '.join(f'{k}.*: {n}' for k, n in prefixes.items())}), the "
         f"config in its {torch_visah.EXPORT_CONFIG_KEY!r} metadata")
@@ -80,15 +84,17 @@ def export_torch(path: str, params, config) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise SystemExit(f"avflow export: unexpected arguments {argv[1:]}")
+  no_arguments(argv)
   f = flags.FLAGS
   if (f.workdir is None) == (f.config is None) or (f.config is not None) != f.random_init:
     raise SystemExit("avflow export: pass --workdir=RUN, or --config=CFG --random_init")
-  if f.workdir is not None:
-    config, params = checkpoint.load_config(f.workdir), checkpoint.load_params(f.workdir)
-  else:
-    config, params = f.config, random_params(f.config)
+  check_output(f.out, checkpoint.run_files(f.workdir) if f.workdir is not None else [],
+               suffixes=SUFFIXES[f.format])
+  config = checkpoint.load_config(f.workdir) if f.workdir is not None else f.config
+  if f.format == "visah" and config.model.time_conditioning != "none":
+    raise SystemExit(f"avflow export: the public VisAH layout has no time conditioning (this model has "
+                     f"model.time_conditioning={config.model.time_conditioning!r}); use --format=torch")
+  params = checkpoint.load_params(f.workdir) if f.workdir is not None else random_params(config)
   try:
     (export_visah if f.format == "visah" else export_torch)(f.out, params, config)
   except ValueError as e:

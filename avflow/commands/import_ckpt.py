@@ -6,7 +6,8 @@ with `model.latent.context_attention = "legacy_batch_axis"` (the public code's a
 `python -m avflow export --format=torch`, which carries its own config. RUN gets `config.json` and the parameters in
 `checkpoints/0` under the `Highlighter` paths (`visah/...`), for `avflow.train.checkpoint.load_params(RUN)` and
 `python -m avflow train --config=configs/visah_fm.py:paper --config.init_from=RUN` (the time embedding and the
-conditioner start fresh). The module is not called `import`, a Python keyword; the command is.
+conditioner start fresh). RUN is written in a temporary folder beside it and moved into place only when complete.
+The module is not called `import`, a Python keyword; the command is.
 """
 import os
 
@@ -15,11 +16,12 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from avflow.commands import DEFAULT_CONFIG, parse_flags  # noqa: F401  (parse_flags is used by __main__)
+from avflow.commands import DEFAULT_CONFIG, no_arguments, parse_flags  # noqa: F401  (parse_flags is used by __main__)
 from avflow.interop import visah_torch
 from avflow.interop.hf_import import CheckpointMismatchError, load_state_dict
 from avflow.models.highlighter import Highlighter
-from avflow.train.checkpoint import CONFIG_FILE, Checkpointer, save_config
+from avflow.outputs import check_output, staged_folder
+from avflow.train.checkpoint import CONFIG_FILE, RUN_ENTRIES, Checkpointer, save_config
 from avflow.train.state import abstract_params
 
 PUBLIC_CONFIG = os.path.join(os.path.dirname(DEFAULT_CONFIG), "visah.py") + ":paper"
@@ -31,7 +33,8 @@ LEGACY_NOTICE = ("notice: model.latent.context_attention = 'legacy_batch_axis': 
 config_flags.DEFINE_config_file("config", PUBLIC_CONFIG, "Config whose model the public checkpoint fits (not for "
                                 "an `avflow export --format=torch` file, which carries its own).", lock_config=True)
 flags.DEFINE_string("ckpt", None, "Checkpoint: .ckpt, .pt, .pth or .safetensors.", required=True)
-flags.DEFINE_string("out", None, "New run directory to write.", required=True)
+flags.DEFINE_string("out", None, "New run directory to write (missing parent folders are created).",
+                    required=True)
 flags.DEFINE_bool("allow_pickle", False, "Read a torch file that holds more than tensors (a Lightning checkpoint "
                   "with pickled hyper-parameters): only for files you trust.")
 
@@ -45,12 +48,12 @@ def write_run(run_dir: str, config, params) -> None:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise SystemExit(f"avflow import: unexpected arguments {argv[1:]}")
+  no_arguments(argv)
   f = flags.FLAGS
   if not os.path.isfile(f.ckpt):
     raise SystemExit(f"avflow import: {f.ckpt} does not exist")
-  if os.path.exists(os.path.join(f.out, CONFIG_FILE)) or os.path.exists(os.path.join(f.out, "checkpoints")):
+  check_output(f.out, [f.ckpt], entries=RUN_ENTRIES)
+  if any(os.path.exists(os.path.join(f.out, entry)) for entry in RUN_ENTRIES):
     raise SystemExit(f"avflow import: {f.out} already holds a run; choose a new --out")
   try:
     state = load_state_dict(f.ckpt, f.allow_pickle)
@@ -76,7 +79,8 @@ def main(argv):
       params = visah_torch.highlighter_from_torch(state, config.model, template)
   except CheckpointMismatchError as e:
     raise SystemExit(f"avflow import: {f.ckpt}: {e}")
-  write_run(f.out, config, params)
+  with staged_folder(f.out, RUN_ENTRIES) as partial:
+    write_run(partial, config, params)
   count = sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree.leaves(params))
   print(f"read {f.ckpt}: {len(state)} tensors")
   if public:

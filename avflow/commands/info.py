@@ -3,7 +3,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from avflow.commands import DEFAULT_CONFIG, parse_flags  # noqa: F401
+from avflow.commands import DEFAULT_CONFIG, no_arguments, parse_flags  # noqa: F401
 from avflow.models.highlighter import Highlighter, frozen_prefixes
 from avflow.train.partition import frozen_mask
 from avflow.train.state import abstract_params
@@ -38,8 +38,7 @@ def count_table(params, frozen=(), depth: int = 3) -> list[str]:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise SystemExit(f"avflow info: unexpected arguments {argv[1:]}")
+  no_arguments(argv)
   config = flags.FLAGS.config
   params = abstract_params(Highlighter(config.model), config)
   print("\n".join(count_table(params, frozen_prefixes(config.model), flags.FLAGS.depth)))

@@ -17,7 +17,7 @@ import os
 from absl import flags
 from ml_collections import config_flags
 
-from avflow.commands import parse_flags  # noqa: F401
+from avflow.commands import no_arguments, parse_flags  # noqa: F401
 from avflow.data import records
 
 config_flags.DEFINE_config_file("config", None, "The training config the records are for, e.g. "
@@ -29,7 +29,8 @@ flags.DEFINE_enum("layout", "muddy_mix", records.LAYOUTS,
                   "muddy_mix: public VisAH clip folders (audio_raw/, separated/, frames/[, frames_feats/, "
                   "frames_captions/]); "
                   "video_stems: video files plus --stems_dir/<clip>/{speech,music,effects}.wav.")
-flags.DEFINE_string("output", None, "Records folder (becomes config.data.records_dir).", required=True)
+flags.DEFINE_string("output", None, "Records folder (becomes config.data.records_dir; created if missing, never "
+                    "inside --input); the records are built beside it and moved in when complete.", required=True)
 flags.DEFINE_string("stems_dir", None, "Stems folder for --layout=video_stems.")
 flags.DEFINE_string("splits_dir", None, "Folder of train.csv / val.csv / test_filter.csv (default: --input); "
                     "without them clips are split 80/10/10 by a stable hash.")
@@ -42,7 +43,8 @@ flags.DEFINE_float("min_seconds", None, "Shortest last piece that is zero-padded
 flags.DEFINE_integer("image_size", None, "Frame size after CLIP's resize and center crop (default: the config's, "
                      "else 224).", lower_bound=1)
 flags.DEFINE_bool("strict", False, "Stop at the first bad clip with a non-zero exit status.")
-flags.DEFINE_bool("overwrite", False, "Replace records already in --output.")
+flags.DEFINE_bool("overwrite", False, "Replace records already in --output (they stay until the new ones are "
+                  "complete).")
 flags.DEFINE_string("text_encoder", None, "Local T5 encoder folder (`save_pretrained`: config, weights, tokenizer; "
                     "the paper: T5-XXL). Each clip's caption (muddy_mix: frames_captions/*.txt; video_stems: "
                     "<clip>.txt beside the video) is encoded once and stored as `text`; clips without one are "
@@ -88,8 +90,7 @@ def shapes(f) -> dict:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise SystemExit(f"avflow prepare: unexpected arguments {argv[1:]}")
+  no_arguments(argv)
   f = flags.FLAGS
   shape = shapes(f)
   spec = records.WindowSpec(sample_rate=shape["sample_rate"], clip_seconds=shape["clip_seconds"],

@@ -4,7 +4,8 @@ import logging
 from absl import flags
 from ml_collections import config_flags
 
-from avflow.commands import DEFAULT_CONFIG, parse_flags  # noqa: F401  (parse_flags is used by __main__)
+from avflow.commands import DEFAULT_CONFIG, no_arguments, parse_flags  # noqa: F401  (parse_flags is used by __main__)
+from avflow.outputs import check_output
 from avflow.train.loop import train
 
 config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Training config file and variant, e.g. "
@@ -15,7 +16,7 @@ flags.DEFINE_bool("resume", False, "Continue the run in --workdir from its lates
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise SystemExit(f"avflow train: unexpected arguments {argv[1:]}")
+  no_arguments(argv)
+  check_output(flags.FLAGS.workdir, entries=())
   logging.getLogger().setLevel(logging.INFO)
   train(flags.FLAGS.config, flags.FLAGS.workdir, resume=flags.FLAGS.resume)

@@ -62,6 +62,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 from tqdm import tqdm
 
+from avflow import outputs
 from avflow.data import video as video_lib
 from avflow.data.remix import SOURCES, stem_loudness
 
@@ -604,8 +605,12 @@ def prepare(input_dir: str, output_dir: str, layout: str = "muddy_mix", *, stems
   (`text_tokens`, D) features; `text_dim`, when given, must equal D; `text_options` go to `TextEncoder` (device,
   dtype, batch_size).
 
+  The records and the report are built in a temporary folder beside `output_dir` and replace the ones there only
+  when complete; until then records already there stay as they were.
+
   Raises `PrepareError` for unusable folders or text encoders, for a build with no usable clip, and under
-  `strict` at the first bad clip (the report is written in every case once clips were read).
+  `strict` at the first bad clip (the report alone is written then, once clips were read); `OutputError` for an
+  output folder that is or lies inside an input folder.
   """
   if layout not in LAYOUTS:
     raise PrepareError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
@@ -615,10 +620,13 @@ def prepare(input_dir: str, output_dir: str, layout: str = "muddy_mix", *, stems
     raise PrepareError(f"layout video_stems needs an existing stems folder (got {stems_dir!r})")
   if spec.length < 1 or spec.image_size < 1:
     raise PrepareError(f"bad window geometry {spec}")
+  version_dir = os.path.join(NAME, str(MuddyMix.VERSION))
+  outputs.check_output(output_dir, [input_dir, stems_dir, splits_dir, text_encoder if isinstance(text_encoder, str)
+                                    else None], entries=(REPORT_FILE, version_dir))
   report = Report()
   clips = find_clips(layout, input_dir, report)
   splits = assign_splits(clips, splits_dir or input_dir, report)
-  existing = os.path.join(output_dir, NAME, str(MuddyMix.VERSION))
+  existing = os.path.join(output_dir, version_dir)
   if os.path.isdir(existing) and not overwrite:  # checked before a (slow) text encoder is loaded
     raise PrepareError(f"{existing} already holds {NAME} {MuddyMix.VERSION}; pass overwrite "
                        "(--overwrite) or pick another output folder")
@@ -627,27 +635,29 @@ def prepare(input_dir: str, output_dir: str, layout: str = "muddy_mix", *, stems
   if text_encoder is not None:
     encoder = _text_encoder(text_encoder, [c for split in splits.values() for c in split], layout, text_dim,
                             text_tokens, **(text_options or {}))
-  os.makedirs(output_dir, exist_ok=True)
   total = sum(len(c) for c in splits.values())
-  with tqdm(total=total, unit="clip", desc="prepare", dynamic_ncols=True) as progress:
+  tfds.disable_progress_bar()
+  with (tqdm(total=total, unit="clip", desc="prepare", dynamic_ncols=True) as progress,
+        outputs.staged_folder(output_dir, (REPORT_FILE, version_dir)) as staging):
     plan = Plan(layout, spec, splits, report, context_dim, stems_dir, strict, progress, encoder)
-    builder = MuddyMix(plan=plan, data_dir=output_dir, file_format=tfds.core.FileFormat.ARRAY_RECORD)
-    mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD if overwrite else \
-        tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
-    tfds.disable_progress_bar()
+    builder = MuddyMix(plan=plan, data_dir=staging, file_format=tfds.core.FileFormat.ARRAY_RECORD)
     try:
       with tempfile.TemporaryDirectory() as downloads:
         builder.download_and_prepare(download_dir=downloads, download_config=tfds.download.DownloadConfig(
-            download_mode=mode, compute_stats=tfds.download.ComputeStatsMode.SKIP))
-      if not report.examples["val"]:
-        report.held_out = held_out_clips(report.split_ok["train"])
-        if report.held_out:
-          report.warn(None, None, f"no val split: training holds out {', '.join(report.held_out)} of the train "
-                      "split for evaluation")
-        elif report.split_ok["train"]:
-          report.warn(None, None, "no val split and a single train clip: training evaluates on that clip")
-    finally:
-      report.write(os.path.join(output_dir, REPORT_FILE))
+            compute_stats=tfds.download.ComputeStatsMode.SKIP))
+    except BaseException:  # no records: the report alone says why
+      os.makedirs(output_dir, exist_ok=True)
+      with outputs.staged_file(os.path.join(output_dir, REPORT_FILE)) as partial:
+        report.write(partial)
+      raise
+    if not report.examples["val"]:
+      report.held_out = held_out_clips(report.split_ok["train"])
+      if report.held_out:
+        report.warn(None, None, f"no val split: training holds out {', '.join(report.held_out)} of the train "
+                    "split for evaluation")
+      elif report.split_ok["train"]:
+        report.warn(None, None, "no val split and a single train clip: training evaluates on that clip")
+    report.write(os.path.join(staging, REPORT_FILE))
   return report.as_dict()
 
 

@@ -16,15 +16,18 @@ import re
 import av
 import librosa
 import numpy as np
+import soundfile as sf
 from PIL import Image
+
+from avflow.errors import AvflowError
 
 AAC_BITRATE = 192_000
 FALLBACK_VIDEO_CODEC = "libx264"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
-class VideoError(ValueError):
-  """A file that cannot be read as a video."""
+class VideoError(AvflowError, ValueError):
+  """A file that cannot be read as a video (or, by `read_audio`, as audio)."""
 
 
 class NoAudioTrackError(VideoError):
@@ -83,6 +86,30 @@ def read_frames(folder: str, size: int) -> np.ndarray:
   return np.stack(frames)
 
 
+def unreadable(path: str, error: Exception) -> VideoError:
+  """A `VideoError` that says in words why PyAV or libsndfile could not read `path`."""
+  if isinstance(error, FileNotFoundError):
+    reason = "does not exist"
+  elif isinstance(error, IsADirectoryError):
+    reason = "is a folder, not a video or audio file"
+  elif isinstance(error, PermissionError):
+    reason = "cannot be opened (permission denied)"
+  elif isinstance(error, (av.error.InvalidDataError, sf.LibsndfileError)):
+    reason = "is not a video or audio file that can be decoded (invalid data)"
+  else:
+    reason = f"cannot be decoded ({getattr(error, 'strerror', None) or error})"
+  return VideoError(f"{path} {reason}")
+
+
+def read_audio(path: str) -> tuple[np.ndarray, int]:
+  """The samples (C, L) float32 and sample rate of an audio file; `VideoError` when it cannot be decoded."""
+  try:
+    audio, sample_rate = sf.read(path, dtype="float32", always_2d=True)
+  except (sf.LibsndfileError, OSError) as e:
+    raise unreadable(path, e) from e
+  return audio.T, sample_rate
+
+
 def mono_resample(audio: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
   """(C, L) or (L,) audio → (L',) float32: the channel mean, resampled to `target_rate` (soxr, as librosa.load)."""
   x = np.asarray(audio, dtype=np.float32)
@@ -125,7 +152,7 @@ def read_video(path: str, sample_rate: int, image_size: int, frames_per_second: 
         chunks += [f.to_ndarray() for f in resampler.resample(None)]
         declared = audio.duration * audio.time_base if audio.duration and audio.time_base else None
   except (av.FFmpegError, OSError) as e:
-    raise VideoError(f"cannot read video {path}: {e}") from e
+    raise unreadable(path, e) from e
   frames = picker.finish()
   if frames is None:
     raise VideoError(f"{path}: the video stream holds no decodable frames")
@@ -204,7 +231,7 @@ def write_video_with_audio(src_video: str, audio: np.ndarray, sample_rate: int, 
   try:
     source = av.open(src_video)
   except (av.FFmpegError, OSError) as e:
-    raise VideoError(f"cannot read video {src_video}: {e}") from e
+    raise unreadable(src_video, e) from e
   with source:
     if not source.streams.video:
       raise VideoError(f"{src_video}: no video stream")

@@ -38,6 +38,13 @@ class CheckpointMismatchError(ValueError):
   """The checkpoint and the Flax parameters disagree; the message lists every difference."""
 
 
+def _is_torch_file(path: str) -> bool:
+  """Whether `path` starts like a `torch.save` file: a zip archive, or a pickle (files from before torch 1.6)."""
+  with open(path, "rb") as f:
+    head = f.read(4)
+  return head == b"PK\x03\x04" or head[:1] == b"\x80"
+
+
 def load_state_dict(path: str, allow_pickle: bool = False) -> dict[str, np.ndarray]:
   """A checkpoint's tensors as numpy arrays (keys as stored; bfloat16 is widened to float32).
 
@@ -48,8 +55,14 @@ def load_state_dict(path: str, allow_pickle: bool = False) -> dict[str, np.ndarr
   """
   import torch
   if path.endswith(".safetensors"):
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
-    return {k: to_numpy(v) for k, v in load_file(path).items()}
+    try:
+      return {k: to_numpy(v) for k, v in load_file(path).items()}
+    except SafetensorError as e:
+      raise ValueError(f"{path} is not a safetensors file that can be read ({e})") from e
+  if not _is_torch_file(path):
+    raise ValueError(f"{path} is not a PyTorch checkpoint that can be read (invalid data)")
   try:
     obj = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
   except Exception as e:  # torch raises UnpicklingError (or RuntimeError) for non-weights

@@ -20,6 +20,7 @@ import scipy.signal
 import soundfile as sf
 from matplotlib.figure import Figure
 
+from avflow.errors import RunNotFoundError
 from avflow.metrics import trajectory
 from avflow.metrics.signal import paper_display
 
@@ -280,7 +281,7 @@ def clip_html(workdir: str, clip: str) -> str:
 def write_report(workdir: str) -> str:
   """Writes `<workdir>/report.html` (and its images under `report_files/`); returns its path."""
   if not os.path.isdir(workdir):
-    raise FileNotFoundError(f"no run directory {workdir!r}")
+    raise RunNotFoundError(f"no run directory {workdir!r}")
   eval_path = os.path.join(workdir, "eval.json")
   report = None
   if os.path.exists(eval_path):

@@ -12,7 +12,11 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from avflow.errors import AvflowError, RunNotFoundError
+
 CONFIG_FILE = "config.json"
+RUN_ENTRIES = (CONFIG_FILE, "checkpoints")  # what a run is read from
+
 # Config fields (a name covers its subtree) that a resumed run may change; any other difference stops `--resume`.
 # None changes what a training step computes: the run's length (a longer run also stretches the rest of the
 # cosine schedule, as a run started with that length would have it), the logging / evaluation / checkpoint cadence,
@@ -23,7 +27,7 @@ RESUMABLE_FIELDS = ("total_steps", "eval_every", "checkpoint_every", "log_every"
                     "inference")
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(AvflowError, ValueError):
   """`--resume` was asked to continue a run with a config that differs in fields outside `RESUMABLE_FIELDS`."""
 
 
@@ -67,11 +71,11 @@ def load_params(run_dir: str, step: int | None = None) -> Any:
   """The parameters of a run (or of an imported checkpoint) without needing its optimizer structure."""
   directory = os.path.join(os.path.abspath(run_dir), "checkpoints")
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f"{run_dir} has no checkpoints/ directory: train a model there or import one first")
+    raise RunNotFoundError(f"{run_dir} has no checkpoints/ directory: train a model there or import one first")
   with ocp.CheckpointManager(directory) as manager:
     step = manager.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f"{directory} holds no complete checkpoint")
+      raise RunNotFoundError(f"{directory} holds no complete checkpoint")
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
   return restored["state"]["params"]
 
@@ -81,6 +85,10 @@ def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
   with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
 
+
+def run_files(run_dir: str) -> list[str]:
+  """The paths a run is read from (its config and checkpoints), which no command's output may replace."""
+  return [os.path.join(run_dir, entry) for entry in RUN_ENTRIES]
 
 def _flat(tree: dict, prefix: str = "") -> dict:
   out = {}
@@ -119,6 +127,6 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
 def load_config(run_dir: str) -> ml_collections.ConfigDict:
   path = os.path.join(run_dir, CONFIG_FILE)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: {run_dir} is not an avflow run directory")
+    raise RunNotFoundError(f"{path} not found: {run_dir} is not an avflow run directory")
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))

@@ -15,6 +15,7 @@ import tensorboardX
 import tqdm
 
 from avflow.data.pipeline import device_batch, make_dataset, make_source
+from avflow.errors import AvflowError, RunExistsError
 from avflow.models.highlighter import Highlighter
 from avflow.train import checkpoint, distributed, sharding
 from avflow.train.evaluate import evaluate
@@ -22,8 +23,8 @@ from avflow.train.state import TrainState, check_batch, create_train_state, make
 from avflow.train.step import jit, make_predict_fn, make_train_step
 
 
-class NonFiniteError(RuntimeError):
-  pass
+class NonFiniteError(AvflowError, RuntimeError):
+  """A non-finite loss or gradient under `config.nonfinite = "halt"`."""
 
 
 class _StopRequest:
@@ -62,8 +63,8 @@ def train(config, workdir: str, resume: bool = False) -> TrainState:
   ckpt = checkpoint.Checkpointer(workdir)
   if ckpt.latest_step() is not None:
     if not resume:
-      raise FileExistsError(f"{workdir} already holds checkpoints (step {ckpt.latest_step()}): pass --resume to "
-                            "continue that run, or choose a new --workdir")
+      raise RunExistsError(f"{workdir} already holds checkpoints (step {ckpt.latest_step()}): pass --resume to "
+                           "continue that run, or choose a new --workdir")
     checkpoint.check_resumable(workdir, config)
   checkpoint.save_config(workdir, config)
 
