@@ -6,6 +6,7 @@ from ml_collections import config_flags
 
 from avflow.commands import DEFAULT_CONFIG, parse_flags  # noqa: F401  (parse_flags is used by __main__)
 from avflow.train.loop import train
+from avflow.train.pretrained import EncoderWeightsError
 
 config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Training config file and variant, e.g. "
                                 "configs/visah_fm.py:toy.", lock_config=True)
@@ -18,4 +19,7 @@ def main(argv):
   if len(argv) > 1:
     raise SystemExit(f"avflow train: unexpected arguments {argv[1:]}")
   logging.getLogger().setLevel(logging.INFO)
-  train(flags.FLAGS.config, flags.FLAGS.workdir, resume=flags.FLAGS.resume)
+  try:
+    train(flags.FLAGS.config, flags.FLAGS.workdir, resume=flags.FLAGS.resume)
+  except EncoderWeightsError as e:
+    raise SystemExit(f"avflow train: {e}")

@@ -13,6 +13,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 CONFIG_FILE = "config.json"
+PRETRAINED_KEY = "pretrained_encoders"
 
 
 class Checkpointer:
@@ -64,15 +65,31 @@ def load_params(run_dir: str, step: int | None = None) -> Any:
   return restored["state"]["params"]
 
 
-def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+def save_config(workdir: str, config: ml_collections.ConfigDict, pretrained: dict | None = None) -> None:
+  """Writes `config.json`; `pretrained` (the encoder weights a run was initialised with, see
+  `avflow.train.pretrained.load_weights`) goes under its `pretrained_encoders` key."""
   os.makedirs(workdir, exist_ok=True)
+  data = json.loads(config.to_json_best_effort())
+  if pretrained:
+    data[PRETRAINED_KEY] = pretrained
   with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+    json.dump(data, f, indent=2)
 
 
-def load_config(run_dir: str) -> ml_collections.ConfigDict:
+def _read_config(run_dir: str) -> dict:
   path = os.path.join(run_dir, CONFIG_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: {run_dir} is not an avflow run directory")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return json.load(f)
+
+
+def load_config(run_dir: str) -> ml_collections.ConfigDict:
+  data = _read_config(run_dir)
+  data.pop(PRETRAINED_KEY, None)
+  return ml_collections.ConfigDict(data)
+
+
+def load_pretrained_record(run_dir: str) -> dict:
+  """What `config.json` says the run's encoders were loaded from (empty: no pretrained weights)."""
+  return _read_config(run_dir).get(PRETRAINED_KEY, {})
