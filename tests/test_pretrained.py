@@ -74,7 +74,8 @@ def weights(tmp_path_factory):
 def _config(clip_weights="", clap_weights="", **fields):
   import visah_fm
   config = tiny(visah_fm.get_config("toy_va"), encoders=True)
-  config.update(total_steps=2, eval_every=2, checkpoint_every=2, **fields)
+  # Three steps, as the V+A test of test_train.py (the same compiled step): the first has lr 0 (warm-up).
+  config.update(total_steps=3, eval_every=3, checkpoint_every=3, **fields)
   config.model.conditioning.update(clip_weights=clip_weights, clap_weights=clap_weights, random_encoders=False)
   return config
 
@@ -106,6 +107,11 @@ def test_a_run_starts_from_the_weights_and_its_checkpoint_carries_them(weights, 
   assert record["clap"]["tensors"] == len([k for k in clap_saved if not k.endswith("num_batches_tracked")])
   assert checkpoint.load_pretrained_record(run) == record
   assert checkpoint.PRETRAINED_KEY not in checkpoint.load_config(run)
+
+  # --resume restores the encoders from the checkpoint: the weights are not read again, the record stays.
+  moved = _config(str(tmp_path / "moved"), str(tmp_path / "moved.safetensors"))
+  assert int(train(moved, run, resume=True).step) == 3
+  assert checkpoint.load_pretrained_record(run) == record
 
   # A run started from the in-memory import of the same models (through init_from) trains to the same weights and
   # outputs: the weights file path and the in-memory path give the same start.
