@@ -587,12 +587,10 @@ def _text_encoder(text_encoder, clips: list[Clip], layout: str, text_dim: int | 
     raise PrepareError(str(e)) from e
 
 
-def _image_encoder(clip_weights, variant: str, batch_size: int):
-  """The `ImageEncoder` for `prepare(clip_weights=...)` (a path or an encoder), or `PrepareError`."""
+def _image_encoder(clip_weights: str, variant: str, batch_size: int):
+  """The `ImageEncoder` for `prepare(clip_weights=...)`, or `PrepareError`."""
   from avflow.data import image_features
   from avflow.interop import hf_import
-  if isinstance(clip_weights, image_features.ImageEncoder):
-    return clip_weights
   try:
     return image_features.ImageEncoder(clip_weights, variant, batch_size)
   except (FileNotFoundError, ValueError) as e:  # ValueError: the importer's report, or an unknown variant
@@ -603,17 +601,17 @@ def _image_encoder(clip_weights, variant: str, batch_size: int):
 def prepare(input_dir: str, output_dir: str, layout: str = "muddy_mix", *, stems_dir: str | None = None,
             splits_dir: str | None = None, spec: WindowSpec = WindowSpec(), strict: bool = False,
             overwrite: bool = False, text_encoder=None, text_dim: int | None = None, text_tokens: int = 10,
-            text_options: dict | None = None, clip_weights=None, clip_variant: str = "vit_l14",
+            text_options: dict | None = None, clip_weights: str | None = None, clip_variant: str = "vit_l14",
             clip_batch_size: int = 32) -> dict:
   """Build `<output_dir>/muddy_mix/<version>` from `input_dir` and write the report; returns the report dict.
 
   `text_encoder`: a T5 encoder folder (or a `text_features.TextEncoder`) to store each clip's caption as `text`
   (`text_tokens`, D) features; `text_dim`, when given, must equal D; `text_options` go to `TextEncoder` (device,
   dtype, batch_size). `clip_weights`: CLIP weights (a `save_pretrained` folder or a state dict file of the
-  `clip_variant` architecture, or an `image_features.ImageEncoder`) whose L2-normalised image features of the
+  `clip_variant` architecture) whose L2-normalised image features of the
   frames are stored as `context`, `clip_batch_size` frames at a time.
 
-  Raises `PrepareError` for unusable folders or text encoders, for a build with no usable clip, and under
+  Raises `PrepareError` for unusable folders, text encoders or CLIP weights, for a build with no usable clip, and under
   `strict` at the first bad clip (the report is written in every case once clips were read).
   """
   if layout not in LAYOUTS:
@@ -631,7 +629,7 @@ def prepare(input_dir: str, output_dir: str, layout: str = "muddy_mix", *, stems
   if os.path.isdir(existing) and not overwrite:  # checked before a (slow) text encoder is loaded
     raise PrepareError(f"{existing} already holds {NAME} {MuddyMix.VERSION}; pass overwrite "
                        "(--overwrite) or pick another output folder")
-  image_encoder = _image_encoder(clip_weights, clip_variant, clip_batch_size) if clip_weights is not None else None
+  image_encoder = _image_encoder(clip_weights, clip_variant, clip_batch_size) if clip_weights else None
   if image_encoder is not None:
     context_dim = image_encoder.dim
   else:
