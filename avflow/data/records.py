@@ -608,11 +608,11 @@ def prepare(input_dir: str, output_dir: str, layout: str = "muddy_mix", *, stems
   `text_encoder`: a T5 encoder folder (or a `text_features.TextEncoder`) to store each clip's caption as `text`
   (`text_tokens`, D) features; `text_dim`, when given, must equal D; `text_options` go to `TextEncoder` (device,
   dtype, batch_size). `clip_weights`: CLIP weights (a `save_pretrained` folder or a state dict file of the
-  `clip_variant` architecture) whose L2-normalised image features of the
-  frames are stored as `context`, `clip_batch_size` frames at a time.
+  `clip_variant` architecture) whose L2-normalised image features of the frames are stored as `context`,
+  `clip_batch_size` frames at a time.
 
-  Raises `PrepareError` for unusable folders, text encoders or CLIP weights, for a build with no usable clip, and under
-  `strict` at the first bad clip (the report is written in every case once clips were read).
+  Raises `PrepareError` for unusable folders, text encoders or CLIP weights, for a build with no usable clip, and
+  under `strict` at the first bad clip (the report is written in every case once clips were read).
   """
   if layout not in LAYOUTS:
     raise PrepareError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
