@@ -92,6 +92,12 @@ def base_config(scale: str, task: str) -> ml_collections.ConfigDict:
       modalities=("audio",),
       text_dim=4096,  # T5-XXL (Table 1 "VisAH T5").
       text_tokens=10,
+      # Pretrained weights of the frozen encoders, read when a run is initialised (`avflow/train/pretrained.py`):
+      # a transformers `save_pretrained` folder or a .safetensors / .bin state dict, full model or tower only.
+      clip_weights="",
+      clap_weights="",
+      # Without weights the encoders stay random; only the toy does that by default (tiny encoders, no features).
+      random_encoders=scale == "toy",
   ))
 
   c.objective = ml_collections.ConfigDict(dataclasses.asdict(ObjectiveConfig()))

@@ -345,3 +345,65 @@ def test_prepare_with_a_config_then_train_on_three_clips(tmp_path, tiny_fm_confi
   for link in ("report_files/loss_curves.png", "report_files/trajectory_cosine.png",
                "report_files/beach_w000/loudness.png", "samples/beach_w000/frames/000.png"):
     assert f'src="{link}"' in page, link
+
+
+def test_clip_weights_store_the_frames_clip_features_in_both_layouts(tmp_path):
+  """`prepare(clip_weights=...)` against transformers' `CLIPVisionModelWithProjection` + L2 normalisation."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from avflow.models import clip
+  from test_clip import _hf_config
+  torch.manual_seed(0)
+  model = transformers.CLIPVisionModelWithProjection(_hf_config(clip.clip_config("tiny"))).eval()
+  with torch.no_grad():  # move LayerNorms and biases off their 1/0 init
+    for p in model.parameters():
+      p.add_(0.1 * torch.randn_like(p))
+  model.save_pretrained(str(tmp_path / "clip"))
+  spec = records.WindowSpec(sample_rate=SR, clip_seconds=2.0, min_seconds=0.5, image_size=32)  # the tiny CLIP's
+  options = dict(spec=spec, clip_weights=str(tmp_path / "clip"), clip_variant="tiny", clip_batch_size=2)
+
+  muddy, videos, stems_dir = tmp_path / "muddy", tmp_path / "videos", tmp_path / "stems"
+  folder = muddy_clip(muddy, "a", 3.0)
+  os.makedirs(os.path.join(folder, "frames_feats"))  # stored features of another width are replaced
+  torch.save(torch.zeros(3, 8), os.path.join(folder, records.FEATURES_FILE))
+  os.makedirs(videos)
+  make_video(videos / "v.mp4", seconds=3.0, audio=tone(3.0))
+  os.makedirs(stems_dir / "v")
+  for file, stem in zip(records.STEM_FILES["video_stems"], stems_for("v", 3.0)):
+    sf.write(stems_dir / "v" / file, stem, SR, subtype="FLOAT")
+  examples = {}
+  for inp, layout, kw in ((muddy, "muddy_mix", {}), (videos, "video_stems", dict(stems_dir=str(stems_dir)))):
+    out = tmp_path / f"out_{layout}"
+    report = records.prepare(str(inp), str(out), layout, **kw, **options)
+    assert report["skipped"] == []
+    for split, count in report["examples"].items():
+      if count:
+        source = records.RecordSource(str(out), split)
+        assert source.metadata["context_dim"] == 24
+        assert source.metadata["clip_weights"] == str(tmp_path / "clip")
+        examples.update(by_id(source))
+  assert sorted(examples) == ["a_w000", "a_w001", "v_w000", "v_w001"]
+
+  frames = np.concatenate([examples[k]["frames"] for k in sorted(examples)])
+  pixels = (frames.astype(np.float32) / 255 - np.array(clip.CLIP_MEAN)) / np.array(clip.CLIP_STD)
+  with torch.no_grad():
+    embeds = model(pixel_values=torch.from_numpy(pixels.transpose(0, 3, 1, 2)).float()).image_embeds
+  expected = (embeds / embeds.norm(dim=-1, keepdim=True)).numpy()
+  context = np.concatenate([examples[k]["context"] for k in sorted(examples)])
+  assert context.shape == (8, 24) and context.dtype == np.float32
+  np.testing.assert_allclose(context, expected, atol=1e-5, rtol=0)
+  assert np.abs(expected[0] - expected[2]).max() > 1e-2  # the frames differ, and so do their features
+
+
+def test_clip_weights_of_the_wrong_shape_stop_prepare(tmp_path):
+  torch = pytest.importorskip("torch")
+  from safetensors.torch import save_file
+  muddy_clip(tmp_path / "in", "a")
+  weights = str(tmp_path / "clip.safetensors")
+  save_file({"visual_projection.weight": torch.zeros(25, 32)}, weights)
+  with pytest.raises(records.PrepareError) as err:
+    records.prepare(str(tmp_path / "in"), str(tmp_path / "out"), spec=SPEC, clip_weights=weights, clip_variant="tiny")
+  msg = str(err.value)
+  assert msg.startswith(f"CLIP weights {weights} do not fit (CLIP tiny): checkpoint does not match")
+  assert "visual_projection.weight: checkpoint (25, 32) -> (32, 25), expected (32, 24)" in msg
+  assert "missing (" in msg and "vision_model.post_layernorm.weight" in msg

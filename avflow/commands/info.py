@@ -1,4 +1,5 @@
-"""`python -m avflow info --config=<file>:<variant>`: parameter counts via `jax.eval_shape` (nothing allocated)."""
+"""`python -m avflow info --config=<file>:<variant>`: parameter counts via `jax.eval_shape` (nothing allocated), then
+the pretrained encoder weights the config reads (`model.conditioning.clip_weights`, `clap_weights`)."""
 import numpy as np
 from absl import flags
 from ml_collections import config_flags
@@ -41,4 +42,7 @@ def main(argv):
   no_arguments(argv)
   config = flags.FLAGS.config
   params = abstract_params(Highlighter(config.model), config)
-  print("\n".join(count_table(params, frozen_prefixes(config.model), flags.FLAGS.depth)))
+  cond = config.model.conditioning
+  lines = count_table(params, frozen_prefixes(config.model), flags.FLAGS.depth)
+  lines += [f"model.conditioning.{name}: {cond[name] or '(none)'}" for name in ("clip_weights", "clap_weights")]
+  print("\n".join(lines))

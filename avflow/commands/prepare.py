@@ -1,5 +1,5 @@
 """`python -m avflow prepare --input=DIR --layout=muddy_mix|video_stems --output=DIR [--stems_dir=DIR]
-[--config=configs/visah_fm.py:toy] [--text_encoder=T5_DIR] ...`.
+[--config=configs/visah_fm.py:toy] [--text_encoder=T5_DIR] [--clip_weights=PATH] ...`.
 
 Turns real clips into Muddy Mix training records (`avflow.data.records`): TFDS ArrayRecord under
 `<output>/muddy_mix/<version>` plus `<output>/prepare_report.json`. Point `config.data.records_dir` at
@@ -11,6 +11,9 @@ agree with the config, else the run stops with one line naming both values (chan
 `--config.data.<field>=...` instead). Without `--config`, the flags' defaults are the paper's geometry.
 With `--text_encoder`, the records also carry T5 caption features `text` (text_tokens, text_dim) for the "T"
 conditionings (`configs/visah_fm.py:<scale>_t|_vt|_vta`, `configs/visah.py:<scale>_t5`).
+With `--clip_weights`, they carry CLIP image features `context` (one L2-normalised vector per frame, the public
+VisAH's `frames_feats`) computed from the frames, which the conditionings on stored image features read
+(`model.conditioning.kind="features"`, e.g. `configs/visah.py:paper`).
 """
 import os
 
@@ -19,6 +22,7 @@ from ml_collections import config_flags
 
 from avflow.commands import no_arguments, parse_flags  # noqa: F401
 from avflow.data import records
+from avflow.models import clip
 
 config_flags.DEFINE_config_file("config", None, "The training config the records are for, e.g. "
                                 "configs/visah_fm.py:toy: sets --sample_rate, --clip_seconds, --image_size, "
@@ -56,6 +60,12 @@ flags.DEFINE_integer("text_tokens", None, "Tokens per caption, truncated or padd
 flags.DEFINE_string("text_device", None, "PyTorch device of the text encoder (default: cuda if available, else cpu).")
 flags.DEFINE_enum("text_dtype", "float32", ["float32", "bfloat16"], "Dtype the text encoder runs in; the stored "
                   "features are float32.")
+flags.DEFINE_string("clip_weights", None, "CLIP weights (a `save_pretrained` folder, or a .safetensors / .bin state "
+                    "dict of the vision tower or the full CLIPModel): each frame's L2-normalised image features are "
+                    "computed and stored as `context`, in place of any frames_feats.")
+flags.DEFINE_enum("clip_variant", "vit_l14", list(clip.VARIANTS), "Architecture of --clip_weights (the paper: "
+                  "ViT-L/14, 768-d features = config.model.latent.context_dim).")
+flags.DEFINE_integer("clip_batch_size", 32, "Frames per CLIP batch.", lower_bound=1)
 
 
 # flag → (config field, default without --config)
@@ -99,7 +109,9 @@ def main(argv):
     report = records.prepare(f.input, f.output, f.layout, stems_dir=f.stems_dir, splits_dir=f.splits_dir,
                              spec=spec, strict=f.strict, overwrite=f.overwrite, text_encoder=f.text_encoder,
                              text_dim=shape["text_dim"], text_tokens=shape["text_tokens"],
-                             text_options=dict(device=f.text_device, dtype=f.text_dtype))
+                             text_options=dict(device=f.text_device, dtype=f.text_dtype),
+                             clip_weights=f.clip_weights, clip_variant=f.clip_variant,
+                             clip_batch_size=f.clip_batch_size)
   except records.PrepareError as e:
     raise SystemExit(f"avflow prepare: {e}")
   examples = ", ".join(f"{k} {v}" for k, v in report["examples"].items())

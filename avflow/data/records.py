@@ -15,6 +15,10 @@ Two input layouts:
   the mix, with a warning), and is skipped only when the stems are missing too. The caption, if any,
   is `<clip>.txt` beside the video.
 
+CLIP image features, in both layouts, with CLIP weights (`image_encoder=`, `prepare --clip_weights=PATH`): the
+frames' features are computed with avflow's Flax CLIP (`image_features.ImageEncoder`) and stored as `context`, one
+L2-normalised vector per frame, in place of any stored `frames_feats`.
+
 Text features, in both layouts, only with a text encoder (`text_encoder=`, `prepare --text_encoder=DIR`): the
 caption file's text (UTF-8, whitespace runs collapsed to one space) is encoded once per clip by a T5 encoder
 (`text_features.TextEncoder`) into `text_tokens` tokens and stored as `text` (text_tokens, D) in every window of
@@ -333,9 +337,10 @@ def read_caption(layout: str, clip: Clip, warn: Warn) -> str:
 
 
 def load_clip(layout: str, clip: Clip, spec: WindowSpec, context_dim: int | None, warn: Warn,
-              stems_dir: str | None = None, text_encoder=None) -> dict[str, Any]:
-  """A whole clip: `mix` (L,), `stems` (3, L), `frames` (F, N, N, 3) at 1 fps[, `context` (F', D)][, `text`
-  (text_tokens, D): the caption encoded by `text_encoder`, a `text_features.TextEncoder`]."""
+              stems_dir: str | None = None, text_encoder=None, image_encoder=None) -> dict[str, Any]:
+  """A whole clip: `mix` (L,), `stems` (3, L), `frames` (F, N, N, 3) at 1 fps[, `context` (F', D): the stored
+  `frames_feats` when `context_dim`, or the frames encoded by `image_encoder`, an `image_features.ImageEncoder`][,
+  `text` (text_tokens, D): the caption encoded by `text_encoder`, a `text_features.TextEncoder`]."""
   sr = spec.sample_rate
   caption = read_caption(layout, clip, warn) if text_encoder is not None else None
   if layout == "muddy_mix":
@@ -355,7 +360,8 @@ def load_clip(layout: str, clip: Clip, spec: WindowSpec, context_dim: int | None
       mix = None
       warn(mix_path, "no original mix; the stems' sum stands in for it")
     frames = _read_frames(os.path.join(clip.path, "frames"), spec.image_size)
-    context = _read_context(os.path.join(clip.path, FEATURES_FILE), context_dim) if context_dim else None
+    stored = context_dim and image_encoder is None
+    context = _read_context(os.path.join(clip.path, FEATURES_FILE), context_dim) if stored else None
   else:
     try:
       decoded = video_lib.read_video(clip.path, sr, spec.image_size, FRAMES_PER_SECOND, require_audio=False)
@@ -385,6 +391,8 @@ def load_clip(layout: str, clip: Clip, spec: WindowSpec, context_dim: int | None
   if abs(len(frames) - expected) > 1.5:
     warn(clip.path, f"{len(frames)} frames for {n / sr:.2f} s of audio at {FRAMES_PER_SECOND} fps")
   out = dict(mix=stems.sum(axis=0) if mix is None else mix[:n], stems=stems, frames=frames)
+  if image_encoder is not None:
+    context = image_encoder.encode(frames)
   if context is not None:
     out["context"] = context
   if caption is not None:
@@ -462,6 +470,7 @@ class Plan:
   strict: bool = False
   progress: Any = None
   text_encoder: Any = None  # a `text_features.TextEncoder`, or None: no `text` field
+  image_encoder: Any = None  # an `image_features.ImageEncoder`: `context` computed from the frames
 
   @property
   def text_shape(self) -> tuple[int, int] | None:
@@ -503,7 +512,8 @@ class MuddyMix(tfds.core.GeneratorBasedBuilder):
             frames_per_second=FRAMES_PER_SECOND, sources=list(SOURCES), layout=p.layout,
             context_dim=p.context_dim or 0, text_dim=p.text_shape[1] if p.text_shape else 0,
             text_tokens=p.text_shape[0] if p.text_shape else 0,
-            text_encoder=os.path.abspath(p.text_encoder.model_dir) if p.text_encoder else ""))
+            text_encoder=os.path.abspath(p.text_encoder.model_dir) if p.text_encoder else "",
+            clip_weights=os.path.abspath(p.image_encoder.weights) if p.image_encoder else ""))
 
   def _log_download_bytes(self) -> None:
     """Our line in place of TFDS's "Downloading and preparing dataset" (nothing is downloaded)."""
@@ -533,7 +543,7 @@ class MuddyMix(tfds.core.GeneratorBasedBuilder):
       try:
         data = load_clip(p.layout, clip, p.spec, p.context_dim,
                          lambda path, text, c=clip.clip_id: p.report.warn(c, path, text), p.stems_dir,
-                         p.text_encoder)
+                         p.text_encoder, p.image_encoder)
         examples = windows(clip, data, p.spec)
       except BadClip as e:
         p.report.skip(clip.clip_id, e.path, e.reason)
@@ -595,22 +605,36 @@ def _text_encoder(text_encoder, clips: list[Clip], layout: str, text_dim: int | 
     raise PrepareError(str(e)) from e
 
 
+def _image_encoder(clip_weights: str, variant: str, batch_size: int):
+  """The `ImageEncoder` for `prepare(clip_weights=...)`, or `PrepareError`."""
+  from avflow.data import image_features
+  from avflow.interop import hf_import
+  try:
+    return image_features.ImageEncoder(clip_weights, variant, batch_size)
+  except (FileNotFoundError, ValueError) as e:  # ValueError: the importer's report, or an unknown variant
+    kind = "do not fit" if isinstance(e, hf_import.CheckpointMismatchError) else "cannot be used"
+    raise PrepareError(f"CLIP weights {clip_weights} {kind} (CLIP {variant}): {e}") from e
+
+
 def prepare(input_dir: str, output_dir: str, layout: str = "muddy_mix", *, stems_dir: str | None = None,
             splits_dir: str | None = None, spec: WindowSpec = WindowSpec(), strict: bool = False,
             overwrite: bool = False, text_encoder=None, text_dim: int | None = None, text_tokens: int = 10,
-            text_options: dict | None = None) -> dict:
+            text_options: dict | None = None, clip_weights: str | None = None, clip_variant: str = "vit_l14",
+            clip_batch_size: int = 32) -> dict:
   """Build `<output_dir>/muddy_mix/<version>` from `input_dir` and write the report; returns the report dict.
 
   `text_encoder`: a T5 encoder folder (or a `text_features.TextEncoder`) to store each clip's caption as `text`
   (`text_tokens`, D) features; `text_dim`, when given, must equal D; `text_options` go to `TextEncoder` (device,
-  dtype, batch_size).
+  dtype, batch_size). `clip_weights`: CLIP weights (a `save_pretrained` folder or a state dict file of the
+  `clip_variant` architecture) whose L2-normalised image features of the frames are stored as `context`,
+  `clip_batch_size` frames at a time.
 
   The records and the report are built in a temporary folder beside `output_dir` and replace the ones there only
   when complete; until then records already there stay as they were.
 
-  Raises `PrepareError` for unusable folders or text encoders, for a build with no usable clip, and under
-  `strict` at the first bad clip (the report alone is written then, once clips were read); `OutputError` for an
-  output folder that is or lies inside an input folder.
+  Raises `PrepareError` for unusable folders, text encoders or CLIP weights, for a build with no usable clip, and
+  under `strict` at the first bad clip (the report alone is written then, once clips were read); `OutputError` for
+  an output folder that is or lies inside an input folder.
   """
   if layout not in LAYOUTS:
     raise PrepareError(f"unknown layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
@@ -630,7 +654,11 @@ def prepare(input_dir: str, output_dir: str, layout: str = "muddy_mix", *, stems
   if os.path.isdir(existing) and not overwrite:  # checked before a (slow) text encoder is loaded
     raise PrepareError(f"{existing} already holds {NAME} {MuddyMix.VERSION}; pass overwrite "
                        "(--overwrite) or pick another output folder")
-  context_dim = _context_dim(clips, report) if layout == "muddy_mix" else None
+  image_encoder = _image_encoder(clip_weights, clip_variant, clip_batch_size) if clip_weights else None
+  if image_encoder is not None:
+    context_dim = image_encoder.dim
+  else:
+    context_dim = _context_dim(clips, report) if layout == "muddy_mix" else None
   encoder = None
   if text_encoder is not None:
     encoder = _text_encoder(text_encoder, [c for split in splits.values() for c in split], layout, text_dim,
@@ -639,7 +667,7 @@ def prepare(input_dir: str, output_dir: str, layout: str = "muddy_mix", *, stems
   tfds.disable_progress_bar()
   with (tqdm(total=total, unit="clip", desc="prepare", dynamic_ncols=True) as progress,
         outputs.staged_folder(output_dir, (REPORT_FILE, version_dir)) as staging):
-    plan = Plan(layout, spec, splits, report, context_dim, stems_dir, strict, progress, encoder)
+    plan = Plan(layout, spec, splits, report, context_dim, stems_dir, strict, progress, encoder, image_encoder)
     builder = MuddyMix(plan=plan, data_dir=staging, file_format=tfds.core.FileFormat.ARRAY_RECORD)
     try:
       with tempfile.TemporaryDirectory() as downloads:

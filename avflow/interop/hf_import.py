@@ -17,8 +17,11 @@ Derived buffers (`position_ids`, `relative_position_index`, `num_batches_tracked
 parameters and are skipped. Loading is all-or-nothing: every missing, unexpected and
 mis-shaped tensor is collected and reported in ONE `CheckpointMismatchError`.
 `export_state_dict` goes the other way; `load_state_dict` reads any `.safetensors` or torch
-checkpoint file (also used for VisAH by `avflow.interop.visah_torch`).
+checkpoint file (also used for VisAH by `avflow.interop.visah_torch`), `load_pretrained` a file or a
+transformers `save_pretrained` folder (sharded or not).
 """
+import json
+import os
 import re
 from typing import Any, Callable, Iterable, Mapping
 
@@ -79,6 +82,38 @@ def load_state_dict(path: str, allow_pickle: bool = False) -> dict[str, np.ndarr
   if not_tensors:
     raise ValueError(f"{path}: entries that are not tensors: {not_tensors[:10]}")
   return {k: to_numpy(v) for k, v in obj.items()}
+
+
+# The weights files of a `save_pretrained` folder, in the order transformers prefers them.
+PRETRAINED_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                    "pytorch_model.bin.index.json")
+
+
+def pretrained_files(path: str) -> list[str]:
+  """The weights files behind `path`: the file itself, or those of a `save_pretrained` folder (every shard
+  listed by its `*.index.json`)."""
+  if not os.path.isdir(path):
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"weights {path} do not exist")
+    return [path]
+  for name in PRETRAINED_FILES:
+    file = os.path.join(path, name)
+    if os.path.isfile(file):
+      if not name.endswith(".index.json"):
+        return [file]
+      with open(file) as f:
+        shards = sorted(set(json.load(f)["weight_map"].values()))
+      return [os.path.join(path, shard) for shard in shards]
+  raise FileNotFoundError(f"{path} holds none of {', '.join(PRETRAINED_FILES)} (not a save_pretrained folder)")
+
+
+def load_pretrained(path: str) -> tuple[dict[str, np.ndarray], list[str]]:
+  """The tensors of a weights file or `save_pretrained` folder, and the files they were read from."""
+  files = pretrained_files(path)
+  state = {}
+  for file in files:
+    state.update(load_state_dict(file))
+  return state, files
 
 
 def to_numpy(value: Any) -> np.ndarray:

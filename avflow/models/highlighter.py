@@ -42,13 +42,19 @@ def describe_conditioning(model_cfg) -> str:
   raise ValueError(f"model.conditioning.kind={cond.kind!r}; expected one of {CONDITIONINGS}")
 
 
+def pretrained_encoders(model_cfg) -> tuple[str, ...]:
+  """The pretrained encoders the conditioning runs, named as their parameter subtrees: `clip`, `clap`."""
+  cond = model_cfg.conditioning
+  if cond.kind not in ("clip", "clip_adapter"):
+    return ()
+  return ("clip", "clap") if cond.kind == "clip_adapter" and "audio" in cond.modalities else ("clip",)
+
+
 def frozen_prefixes(model_cfg) -> tuple[str, ...]:
   """Parameter subtrees that never train: the pretrained CLIP tower and the CLAP encoder (Sec. 2.2.2)."""
-  kind = model_cfg.conditioning.kind
-  if kind not in ("clip", "clip_adapter"):
-    return ()
-  prefixes = ("clip/vision_model", "clip/visual_projection")
-  return prefixes + (("clap",) if "audio" in model_cfg.conditioning.modalities else ())
+  encoders = pretrained_encoders(model_cfg)
+  return (("clip/vision_model", "clip/visual_projection") if "clip" in encoders else ()) + \
+      (("clap",) if "clap" in encoders else ())
 
 
 class Highlighter(nn.Module):

@@ -16,15 +16,18 @@ from avflow.errors import AvflowError, RunNotFoundError
 
 CONFIG_FILE = "config.json"
 RUN_ENTRIES = (CONFIG_FILE, "checkpoints")  # what a run is read from
+PRETRAINED_KEY = "pretrained_encoders"
 
 # Config fields (a name covers its subtree) that a resumed run may change; any other difference stops `--resume`.
 # None changes what a training step computes: the run's length (a longer run also stretches the rest of the
 # cosine schedule, as a run started with that length would have it), the logging / evaluation / checkpoint cadence,
 # the response to a non-finite step (the remedy that a halted run's message names), the device layout (the same
-# global batch and mathematics on other hardware, up to float rounding), and the evaluation and inference settings,
-# which only the periodic evaluations use.
+# global batch and mathematics on other hardware, up to float rounding), the evaluation and inference settings,
+# which only the periodic evaluations use, and where the pretrained encoder weights were read from at init (the
+# checkpoint carries them since).
 RESUMABLE_FIELDS = ("total_steps", "eval_every", "checkpoint_every", "log_every", "nonfinite", "mesh", "eval",
-                    "inference")
+                    "inference", "model.conditioning.clip_weights", "model.conditioning.clap_weights",
+                    "model.conditioning.random_encoders")
 
 
 class ConfigMismatchError(AvflowError, ValueError):
@@ -80,15 +83,21 @@ def load_params(run_dir: str, step: int | None = None) -> Any:
   return restored["state"]["params"]
 
 
-def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+def save_config(workdir: str, config: ml_collections.ConfigDict, pretrained: dict | None = None) -> None:
+  """Writes `config.json`; `pretrained` (the encoder weights a run was initialised with, see
+  `avflow.train.pretrained.load_weights`) goes under its `pretrained_encoders` key."""
   os.makedirs(workdir, exist_ok=True)
+  data = json.loads(config.to_json_best_effort())
+  if pretrained:
+    data[PRETRAINED_KEY] = pretrained
   with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+    json.dump(data, f, indent=2)
 
 
 def run_files(run_dir: str) -> list[str]:
   """The paths a run is read from (its config and checkpoints), which no command's output may replace."""
   return [os.path.join(run_dir, entry) for entry in RUN_ENTRIES]
+
 
 def _flat(tree: dict, prefix: str = "") -> dict:
   out = {}
@@ -103,12 +112,10 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Raises `ConfigMismatchError` listing each field (dotted path, saved → requested) in which `config` differs
   from the run's saved config, other than those of `RESUMABLE_FIELDS`."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
+  if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
     raise ConfigMismatchError(f"cannot resume {workdir}: it holds checkpoints but no {CONFIG_FILE} to check the "
                               "requested config against")
-  with open(path) as f:
-    saved = _flat(json.load(f))
+  saved = _flat(load_config(workdir).to_dict())
   requested = _flat(json.loads(config.to_json_best_effort()))
 
   def show(tree, name):
@@ -124,9 +131,20 @@ def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
                               "start a new --workdir to train another config)")
 
 
-def load_config(run_dir: str) -> ml_collections.ConfigDict:
+def _read_config(run_dir: str) -> dict:
   path = os.path.join(run_dir, CONFIG_FILE)
   if not os.path.exists(path):
     raise RunNotFoundError(f"{path} not found: {run_dir} is not an avflow run directory")
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return json.load(f)
+
+
+def load_config(run_dir: str) -> ml_collections.ConfigDict:
+  data = _read_config(run_dir)
+  data.pop(PRETRAINED_KEY, None)
+  return ml_collections.ConfigDict(data)
+
+
+def load_pretrained_record(run_dir: str) -> dict:
+  """What `config.json` says the run's encoders were loaded from (empty: no pretrained weights)."""
+  return _read_config(run_dir).get(PRETRAINED_KEY, {})

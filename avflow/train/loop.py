@@ -17,7 +17,7 @@ import tqdm
 from avflow.data.pipeline import device_batch, make_dataset, make_source
 from avflow.errors import AvflowError, RunExistsError
 from avflow.models.highlighter import Highlighter
-from avflow.train import checkpoint, distributed, sharding
+from avflow.train import checkpoint, distributed, pretrained, sharding
 from avflow.train.evaluate import evaluate
 from avflow.train.state import TrainState, check_batch, create_train_state, make_optimizer
 from avflow.train.step import jit, make_predict_fn, make_train_step
@@ -58,15 +58,20 @@ def merge_params(fresh, loaded, prefix=""):
 
 def train(config, workdir: str, resume: bool = False) -> TrainState:
   """Trains `config` in `workdir`; returns the final state."""
+  if not resume:
+    pretrained.check_weights(config)  # before anything starts, let alone compiles
   distributed.initialize()
   os.makedirs(workdir, exist_ok=True)
   ckpt = checkpoint.Checkpointer(workdir)
-  if ckpt.latest_step() is not None:
-    if not resume:
-      raise RunExistsError(f"{workdir} already holds checkpoints (step {ckpt.latest_step()}): pass --resume to "
-                           "continue that run, or choose a new --workdir")
+  if ckpt.latest_step() is not None and not resume:
+    raise RunExistsError(f"{workdir} already holds checkpoints (step {ckpt.latest_step()}): pass --resume to "
+                         "continue that run, or choose a new --workdir")
+  resuming = ckpt.latest_step() is not None
+  if resuming:
     checkpoint.check_resumable(workdir, config)
-  checkpoint.save_config(workdir, config)
+  elif resume:  # nothing to resume: the run is initialised
+    pretrained.check_weights(config)
+  checkpoint.save_config(workdir, config, checkpoint.load_pretrained_record(workdir) if resuming else None)
 
   model = Highlighter(config.model)
   tx = make_optimizer(config)
@@ -85,9 +90,14 @@ def train(config, workdir: str, resume: bool = False) -> TrainState:
   if config.init_from:
     params = merge_params(jax.device_get(state.params), checkpoint.load_params(config.init_from))
     state = state.replace(params=params, opt_state=tx.init(params))
+  if not resuming:  # the frozen encoders' weights; a resumed run restores them from its checkpoint
+    params, loaded = pretrained.load_weights(config, jax.device_get(state.params))
+    if loaded:
+      state = state.replace(params=params)
+      checkpoint.save_config(workdir, config, loaded)
   state_sharding = sharding.state_sharding(state, mesh, config.mesh)
   state = jax.device_put(state, state_sharding)
-  if resume and ckpt.latest_step() is not None:
+  if resuming:
     state = ckpt.restore(state, data_iter)
     logging.info("resumed from step %d", int(state.step))
 
