@@ -22,7 +22,8 @@ MODULES = {"import": "import_ckpt"}  # command → module in avflow/commands whe
 def usage() -> str:
   lines = ["usage: python -m avflow <command> [--flags]", "", "commands:"]
   lines += [f"  {name:<10} {text}" for name, text in COMMANDS.items()]
-  lines.append("\n`python -m avflow <command> --help` lists a command's flags.")
+  lines.append("\n`python -m avflow <command> --help` lists a command's flags; `--verbose` (any command) lets the "
+               "libraries log at INFO.")
   return "\n".join(lines)
 
 
@@ -35,9 +36,19 @@ def run(argv=None) -> None:
   if command not in COMMANDS:
     print(f"avflow: unknown command {command!r}; expected one of: {', '.join(COMMANDS)}", file=sys.stderr)
     sys.exit(2)
-  from absl import app
+  from absl import app, flags
+
+  from avflow import commands
   module = importlib.import_module(f"avflow.commands.{MODULES.get(command, command)}")
-  app.run(module.main, argv=[f"avflow {command}"] + argv[2:], flags_parser=module.parse_flags)
+  if any(arg in commands.HELP_FLAGS for arg in argv[2:]):
+    print(commands.help_text(module, full="--helpfull" in argv[2:]))
+    sys.exit(0)
+
+  def main(args):
+    commands.configure_logging(flags.FLAGS.verbose)
+    module.main(args)
+
+  app.run(main, argv=[f"avflow {command}"] + argv[2:], flags_parser=module.parse_flags)
 
 
 if __name__ == "__main__":
