@@ -17,6 +17,7 @@ COMMANDS = {
 
 
 MODULES = {"import": "import_ckpt"}  # command → module in avflow/commands where they differ (`import` is a keyword)
+DEV_PACKAGES = ("torch", "transformers")  # in requirements-dev.txt, not in the main job's requirements.txt
 
 
 def usage() -> str:
@@ -39,7 +40,14 @@ def run(argv=None) -> None:
   from absl import app, flags
 
   from avflow import commands
-  module = importlib.import_module(f"avflow.commands.{MODULES.get(command, command)}")
+  try:
+    module = importlib.import_module(f"avflow.commands.{MODULES.get(command, command)}")
+  except ModuleNotFoundError as e:
+    if e.name not in DEV_PACKAGES:
+      raise
+    print(f"avflow {command}: needs {e.name}, which the main job's requirements.txt leaves out: "
+          "pip install -r requirements-dev.txt", file=sys.stderr)
+    sys.exit(2)
   if any(arg in commands.HELP_FLAGS for arg in argv[2:]):
     print(commands.help_text(module, full="--helpfull" in argv[2:]))
     sys.exit(0)
