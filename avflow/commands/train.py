@@ -1,6 +1,4 @@
 """`python -m avflow train --workdir=RUN [--config=configs/visah_fm.py:toy] [--config.x.y=v] [--resume]`."""
-import logging
-
 from absl import flags
 from ml_collections import config_flags
 
@@ -17,5 +15,4 @@ flags.DEFINE_bool("resume", False, "Continue the run in --workdir from its lates
 def main(argv):
   if len(argv) > 1:
     raise SystemExit(f"avflow train: unexpected arguments {argv[1:]}")
-  logging.getLogger().setLevel(logging.INFO)
   train(flags.FLAGS.config, flags.FLAGS.workdir, resume=flags.FLAGS.resume)
