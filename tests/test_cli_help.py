@@ -5,8 +5,6 @@ import re
 import subprocess
 import sys
 
-import pytest
-
 from avflow.__main__ import COMMANDS, MODULES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,30 +26,24 @@ def _squeeze(text: str) -> str:
   return re.sub(r"\s+", "", text)  # absl wraps help text at any space
 
 
-@pytest.fixture(scope="module")
-def helps():
-  """Each command's `--help` (`-h` for `info`), run side by side: {command: CompletedProcess}."""
+def test_every_command_help_shows_its_usage_and_each_of_its_flags_with_its_help():
+  # One process per command, side by side (their flags clash in one process); `-h` for `info`.
   procs = {command: subprocess.Popen([sys.executable, "-m", "avflow", command, "-h" if command == "info" else "--help"],
                                      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for command in COMMANDS}
-  return {command: subprocess.CompletedProcess(p.args, p.wait(timeout=600), *p.communicate())
-          for command, p in procs.items()}
-
-
-@pytest.mark.parametrize("command", COMMANDS)
-def test_help_shows_the_usage_and_every_flag_with_its_help(helps, command):
-  done = helps[command]
-  assert done.returncode == 0, done.stderr[-2000:]
-  path = os.path.join(ROOT, "avflow", "commands", MODULES.get(command, command) + ".py")
-  defined = _defined_flags(path)
   shared = _defined_flags(os.path.join(ROOT, "avflow", "commands", "__init__.py"))
-  assert defined and set(shared) == {"verbose"}
-  usage = ast.get_docstring(ast.parse(open(path).read()))
-  assert done.stdout.startswith(usage)
-  out = _squeeze(done.stdout)
-  for name, text in {**defined, **shared}.items():
-    assert re.search(rf"--(\[no\])?{name}:(<[^>]*>:)?{re.escape(_squeeze(text))}", out), f"--{name} with its help"
-  assert "--helpfull" in done.stdout and "--verbosity" not in done.stdout  # the libraries' flags stay out
+  assert set(shared) == {"verbose"}
+  for command, proc in procs.items():
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, (command, stderr[-2000:])
+    path = os.path.join(ROOT, "avflow", "commands", MODULES.get(command, command) + ".py")
+    defined = _defined_flags(path)
+    assert defined, command
+    assert stdout.startswith(ast.get_docstring(ast.parse(open(path).read()))), command
+    out = _squeeze(stdout)
+    for name, text in {**defined, **shared}.items():
+      assert re.search(rf"--(\[no\])?{name}:(<[^>]*>:)?{re.escape(_squeeze(text))}", out), f"{command} --{name}"
+    assert "--helpfull" in stdout and "--verbosity" not in stdout, command  # the libraries' flags stay out
 
 
 def test_helpfull_still_lists_the_library_flags_too():
