@@ -75,10 +75,11 @@ def test_ci_runs_the_readme_test_command_which_installs_the_dev_set():
 
 def test_the_slurm_launcher_asks_for_the_main_job_set_and_the_cuda_jax():
   # What launch/tpu_pod.sh installs on its workers: test_multihost.py (its dry run).
-  usage = subprocess.run(["bash", "launch/slurm_gpu.sh", "--help"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60)
-  assert usage.returncode == 0
-  assert 'pip install -r requirements.txt -e . "jax[cuda12]==0.10.2"' in " ".join(usage.stdout.split())
+  usages = {script: subprocess.run(["bash", f"launch/{script}", "--help"], cwd=ROOT, capture_output=True, text=True,
+                                   timeout=60) for script in ("slurm_gpu.sh", "tpu_pod.sh", "ablate_sweep.sh")}
+  for script, usage in usages.items():  # the header comment, not the code after it
+    assert usage.returncode == 0 and "set -euo pipefail" not in usage.stdout, script
+  assert 'pip install -r requirements.txt -e . "jax[cuda12]==0.10.2"' in " ".join(usages["slurm_gpu.sh"].stdout.split())
 
 
 def test_a_command_that_needs_pytorch_says_what_to_install():
