@@ -1,4 +1,7 @@
-"""Install avflow: `pip install -e .[dev,torch]`."""
+"""Install avflow: `pip install -e .` (the main job), `pip install -e .[dev,torch]` (tests and PyTorch interop).
+
+Pinned sets of the same packages: requirements.txt (CORE) and requirements-dev.txt (CORE and both extras).
+"""
 from setuptools import find_packages, setup
 
 CORE = [
@@ -35,7 +38,7 @@ setup(
     install_requires=CORE,
     extras_require={
         "dev": ["pytest>=8", "pytest-xdist>=3.6"],
-        # Only for interop and parity tests; pinned so pip never pulls a CUDA build.
+        # Tests, PyTorch interop (import, export) and prepare's PyTorch inputs only: not in the main job's install.
         "torch": ["torch==2.13.0", "transformers>=4.50"],
     },
     entry_points={"console_scripts": ["avflow=avflow.__main__:run"]},

@@ -19,12 +19,14 @@ COMMANDS = {
 
 
 MODULES = {"import": "import_ckpt"}  # command → module in avflow/commands where they differ (`import` is a keyword)
+DEV_PACKAGES = ("torch", "transformers")  # in requirements-dev.txt, not in the main job's requirements.txt
 
 
 def usage() -> str:
   lines = ["usage: python -m avflow <command> [--flags]", "", "commands:"]
   lines += [f"  {name:<10} {text}" for name, text in COMMANDS.items()]
-  lines.append("\n`python -m avflow <command> --help` lists a command's flags.")
+  lines.append("\n`python -m avflow <command> --help` lists a command's flags; `--verbose` (any command) lets the "
+               "libraries log at INFO.")
   return "\n".join(lines)
 
 
@@ -37,13 +39,24 @@ def run(argv=None) -> None:
   if command not in COMMANDS:
     print(f"avflow: unknown command {command!r}; expected one of: {', '.join(COMMANDS)}", file=sys.stderr)
     sys.exit(2)
-  from absl import app
+  from absl import app, flags
 
-  from avflow import compile_cache
+  from avflow import commands, compile_cache
   compile_cache.enable()
-  module = importlib.import_module(f"avflow.commands.{MODULES.get(command, command)}")
+  try:
+    module = importlib.import_module(f"avflow.commands.{MODULES.get(command, command)}")
+  except ModuleNotFoundError as e:
+    if e.name not in DEV_PACKAGES:
+      raise
+    print(f"avflow {command}: needs {e.name}, which the main job's requirements.txt leaves out: "
+          "pip install -r requirements-dev.txt", file=sys.stderr)
+    sys.exit(2)
+  if any(arg in commands.HELP_FLAGS for arg in argv[2:]):
+    print(commands.help_text(module, full="--helpfull" in argv[2:]))
+    sys.exit(0)
 
   def main(args):  # an expected failure is one line on stderr, exit status 1 (2: wrong arguments)
+    commands.configure_logging(flags.FLAGS.verbose)
     try:
       return module.main(args)
     except AvflowError as e:

@@ -14,7 +14,7 @@ set -euo pipefail
 table="" seeds="0" runs="" launcher="" python="python3" dry_run=()
 launcher_args=() overrides=()
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while (($#)); do
   case "$1" in

@@ -7,9 +7,10 @@
 #     --venv=/path/to/venv --workdir=/shared/runs/paper --config=configs/visah_fm.py:paper \
 #     [--account=A] [--port=12355] [--dry-run] [-- --config.batch_size=64 --config.mesh.fsdp=8 ...]
 #
-# The venv needs avflow installed with a CUDA build of JAX (`pip install -e . "jax[cuda12]==0.10.2"`); --workdir
-# and the records must be on a file system every node sees. The run always passes --resume, so a requeued or
-# resubmitted job continues from the last checkpoint. --dry-run prints the sbatch command and its batch script.
+# The venv needs the main job's set and a CUDA build of JAX (`pip install -r requirements.txt -e .
+# "jax[cuda12]==0.10.2"`, no PyTorch); --workdir and the records must be on a file system every node sees. The run
+# always passes --resume, so a requeued or resubmitted job continues from the last checkpoint. --dry-run prints the
+# sbatch command and its batch script.
 set -euo pipefail
 
 nodes=1 gpus_per_node=8 partition="" account="" time_limit="24:00:00" port=12355 job_name="avflow"

@@ -17,7 +17,7 @@ name="" zone="" project="" accelerator="v5p-8" version="v2-alpha-tpuv5" create=0
 repo="" ref="" bucket="" workdir="" config="configs/visah_fm.py:paper"
 overrides=()
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while (($#)); do
   case "$1" in
@@ -63,7 +63,8 @@ run() {
   fi
 }
 
-# On each worker: fetch the repository at --ref, install it with the TPU build of JAX, mount the bucket.
+# On each worker: fetch the repository at --ref, install the main job's set (requirements.txt, no PyTorch) with
+# the TPU build of JAX, mount the bucket.
 install="set -e; if [ -d avflow ]; then git -C avflow fetch -q origin $(q "$ref") && git -C avflow checkout -q FETCH_HEAD;"
 install+=" else git clone -q $(q "$repo") avflow && git -C avflow checkout -q $(q "$ref"); fi;"
 install+=" python3 -m venv ~/venv && ~/venv/bin/pip install -q -r avflow/requirements.txt -e avflow \"jax[tpu]==0.10.2\""

@@ -101,6 +101,9 @@ def test_tpu_pod_dry_run_prints_create_install_and_train_on_all_workers():
   remote_install = next(a for a in install if a.startswith("--command="))
   assert "git clone -q https://example.com/avflow.git avflow" in remote_install and "0123abc" in remote_install
   assert "jax[tpu]==0.10.2" in remote_install and "gcsfuse --implicit-dirs runs-bucket /mnt/avflow" in remote_install
+  # The main job's set only: no PyTorch, transformers or test tools on the workers.
+  assert "pip install -q -r avflow/requirements.txt -e avflow " in remote_install
+  assert "requirements-dev" not in remote_install and "torch" not in remote_install
   remote = shlex.split(next(a for a in train if a.startswith("--command="))[len("--command="):])
   start = remote.index("AVFLOW_DISTRIBUTED=auto")
   assert remote[start + 1:start + 7] == ["~/venv/bin/python", "-m", "avflow", "train",

@@ -1,6 +1,7 @@
 """Training end to end on tiny toy movies: checkpoints, eval.json, samples, resume, errors, the CLI."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -142,11 +143,26 @@ def test_non_finite_loss_halts_with_step_and_clip_ids(tiny_visah_config, tmp_pat
     train(tiny_visah_config, str(tmp_path / "nan"))
 
 
-def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
+def _info_sources(stderr):
+  """The source files of the absl-formatted INFO lines (`I1204 19:15:05.895 1401 checkpoint_manager.py:1881] ...`)."""
+  return set(re.findall(r"I\d{4} [\d:.]+ +\d+ ([\w.]+):\d+\]", stderr))
+
+
+def test_train_cli_output_and_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
+  """The same CLI runs check what `train` prints (quiet libraries, the compile notice, the summary) and resuming."""
   args = ["train", "--config.total_steps=6", "--config.eval_every=100", "--config.checkpoint_every=100", *TINY]
   straight = str(tmp_path / "straight")
   done = _cli(*args, f"--workdir={straight}", timeout=900)
   assert done.returncode == 0, done.stderr[-3000:]
+  assert _info_sources(done.stderr) <= {"loop.py"}, done.stderr[-3000:]  # orbax, JAX, Grain: warnings only
+  assert "compiling the train step…" in done.stderr
+  # The bar starts after the compiled first step, so its ETA never counts the compilation.
+  assert "| 1/6 [" in done.stderr and "| 0/6 [" not in done.stderr, done.stderr[-3000:]
+  summary = done.stdout.splitlines()
+  assert summary[0].startswith("trained steps 0 → 6 in "), done.stdout
+  assert summary[1].startswith("step 6: loss ") and summary[2].startswith("eval at step 6: ldif "), done.stdout
+  assert summary[-1] == (f"wrote {straight}: config.json, checkpoints/, eval.json, samples/, metrics.jsonl, "
+                         "tensorboard/"), done.stdout
 
   interrupted = str(tmp_path / "interrupted")
   proc = subprocess.Popen([sys.executable, "-m", "avflow", *args, f"--workdir={interrupted}"], cwd=ROOT,
@@ -164,9 +180,11 @@ def test_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
   assert stopped_at < 6, "the run finished before the signal arrived"
   assert checkpoint.Checkpointer(interrupted).latest_step() == stopped_at
 
-  resumed = _cli(*args, f"--workdir={interrupted}", "--resume", timeout=900)
+  resumed = _cli(*args, f"--workdir={interrupted}", "--resume", "--verbose", timeout=900)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert _losses(interrupted) == _losses(straight)
+  assert resumed.stdout.startswith(f"trained steps {stopped_at} → 6 in "), resumed.stdout
+  assert {"loop.py", "checkpoint_manager.py"} <= _info_sources(resumed.stderr), resumed.stderr[-3000:]
 
 
 def test_cli_reports_bad_arguments_in_one_line(tmp_path):

@@ -1,13 +1,23 @@
-"""CLI commands; each module defines its absl flags, `parse_flags(argv)` and `main(argv)`."""
+"""CLI commands; each module defines its absl flags, `parse_flags(argv)` and `main(argv)`.
+
+Flags defined here (`--verbose`) are shared by every command.
+"""
+import inspect
+import logging
 import os
 import sys
 
 from absl import flags
+from absl import logging as absl_logging
 
 from avflow.configs_lib import resolve_config_file, shipped_configs_dir
 from avflow.errors import UsageError
 
 DEFAULT_CONFIG = os.path.join(shipped_configs_dir(), "visah_fm.py") + ":toy"
+HELP_FLAGS = ("-h", "--help", "-?", "--helpshort", "--helpfull")
+
+flags.DEFINE_bool("verbose", False, "Let the libraries (orbax, JAX, Grain, TFDS, absl) log at INFO; without it "
+                  "they log warnings and errors only.")
 
 
 def _resolve_configs(argv: list[str]) -> list[str]:
@@ -35,3 +45,20 @@ def no_arguments(argv) -> None:
   """Refuses positional arguments (exit status 2): the command takes flags only."""
   if len(argv) > 1:
     raise UsageError(f"unexpected arguments {argv[1:]}")
+
+
+def help_text(module, full: bool = False) -> str:
+  """A command's usage (its module docstring), its flags with their help, the shared flags; `full`: all flags."""
+  last = ("\nAll flags, the libraries' too:" + flags.FLAGS.get_help() if full
+          else "\n--helpfull also lists the libraries' flags.")
+  own = [flags.FLAGS.module_help(name) for name in (module, __name__)]
+  return "\n".join([inspect.cleandoc(module.__doc__), *own, last])
+
+
+def configure_logging(verbose: bool) -> None:
+  """Libraries log at WARNING unless `verbose` (or an explicit absl `--verbosity`); avflow's own lines at INFO."""
+  if verbose:
+    absl_logging.set_verbosity(absl_logging.INFO)
+  elif not flags.FLAGS["verbosity"].present:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("avflow").setLevel(logging.INFO)

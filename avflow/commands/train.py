@@ -1,6 +1,4 @@
 """`python -m avflow train --workdir=RUN [--config=configs/visah_fm.py:toy] [--config.x.y=v] [--resume]`."""
-import logging
-
 from absl import flags
 from ml_collections import config_flags
 
@@ -18,5 +16,4 @@ flags.DEFINE_bool("resume", False, "Continue the run in --workdir from its lates
 def main(argv):
   no_arguments(argv)
   check_output(flags.FLAGS.workdir, entries=())
-  logging.getLogger().setLevel(logging.INFO)
   train(flags.FLAGS.config, flags.FLAGS.workdir, resume=flags.FLAGS.resume)

@@ -51,8 +51,12 @@ class TextEncoder:
                              "`save_pretrained` (config.json, weights and tokenizer files); nothing is downloaded")
     if not os.path.isfile(os.path.join(model_dir, "config.json")):
       raise TextEncoderError(f"{model_dir} has no config.json: not a folder written by `save_pretrained`")
-    import torch
-    import transformers
+    try:
+      import torch
+      import transformers
+    except ImportError as e:
+      raise TextEncoderError(f"the text encoder runs in PyTorch: {e.name} is not installed (the main job's "
+                             "requirements.txt leaves it out; pip install -r requirements-dev.txt)") from e
 
     config = transformers.AutoConfig.from_pretrained(model_dir, local_files_only=True)
     model_type = getattr(config, "model_type", None)

@@ -865,7 +865,11 @@ def load_export(path: str) -> Tuple[HDemucsRemixer, Dict[str, Any], Dict[str, to
   tensors by key (`frame_encoder.`, `clip.`, `clap.`). The VisAH-FM highlighter is
   `VisAHFMHighlighter(network, config["inference"]["num_steps"], config["model"]["warm_start"])`.
   """
-  from safetensors import safe_open
+  try:
+    from safetensors import safe_open
+  except ImportError as e:
+    raise ImportError("load_export reads .safetensors files and needs the safetensors package "
+                      "(pip install safetensors)") from e
   with safe_open(path, framework="pt") as f:
     metadata = f.metadata() or {}
     if EXPORT_CONFIG_KEY not in metadata:

@@ -28,6 +28,6 @@ def initialize() -> bool:
   # CPU processes exchange collectives over gloo (ignored by GPU and TPU backends); must precede backend start-up.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**kwargs)
-  logging.info("process %d of %d, %d local of %d devices", jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count())
+  logging.getLogger(__name__).info("process %d of %d, %d local of %d devices", jax.process_index(),
+                                   jax.process_count(), jax.local_device_count(), jax.device_count())
   return True

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import time
 
 import jax
@@ -21,6 +22,9 @@ from avflow.train import checkpoint, distributed, pretrained, sharding
 from avflow.train.evaluate import evaluate
 from avflow.train.state import TrainState, check_batch, create_train_state, make_optimizer
 from avflow.train.step import jit, make_predict_fn, make_train_step
+
+log = logging.getLogger(__name__)
+OUTPUTS = (checkpoint.CONFIG_FILE, "checkpoints", "eval.json", "samples", "metrics.jsonl", "tensorboard")
 
 
 class NonFiniteError(AvflowError, RuntimeError):
@@ -54,6 +58,28 @@ def merge_params(fresh, loaded, prefix=""):
       raise ValueError(f"init_from parameter {prefix} has shape {np.shape(loaded)}, expected {np.shape(fresh)}")
     return jax.numpy.asarray(loaded, fresh.dtype)
   return {k: merge_params(v, loaded[k], f"{prefix}/{k}") if k in loaded else v for k, v in fresh.items()}
+
+
+def _duration(seconds: float) -> str:
+  minutes, seconds = divmod(round(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+
+
+def summary(workdir: str, first_step: int, step: int, seconds: float, metrics, report, stopped_by=None) -> str:
+  """The lines `train` ends with: steps and time, the last step's metrics, the last evaluation, what is where."""
+  stopped = f" (stopped by signal {stopped_by})" if stopped_by is not None else ""
+  lines = [f"trained steps {first_step} → {step} in {_duration(seconds)}{stopped}"]
+  if metrics is not None:
+    names = sorted(set(metrics) - {"finite"}, key=lambda k: k != "loss")  # the loss first
+    lines.append(f"step {step}: " + ", ".join(f"{k} {float(metrics[k]):.4g}" for k in names))
+  if report is not None:
+    scores = {part: ", ".join(f"{k} {v:.4g}" for k, v in report[part].items()) for part in ("prediction", "input")}
+    lines.append(f"eval at step {report['steps']}: {scores['prediction']} (input: {scores['input']})")
+  written = [name + ("/" if os.path.isdir(os.path.join(workdir, name)) else "") for name in OUTPUTS
+             if os.path.exists(os.path.join(workdir, name))]
+  lines.append(f"wrote {workdir}: {', '.join(written)}")
+  return "\n".join(lines)
 
 
 def train(config, workdir: str, resume: bool = False) -> TrainState:
@@ -99,7 +125,7 @@ def train(config, workdir: str, resume: bool = False) -> TrainState:
   state = jax.device_put(state, state_sharding)
   if resuming:
     state = ckpt.restore(state, data_iter)
-    logging.info("resumed from step %d", int(state.step))
+    log.info("resumed from step %d", int(state.step))
 
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   train_step = jit(make_train_step(model, config, tx), donate_argnums=(0,),
@@ -116,9 +142,12 @@ def train(config, workdir: str, resume: bool = False) -> TrainState:
     ckpt.close()
     return state
 
-  progress = tqdm.tqdm(total=config.total_steps, initial=step, desc="train", dynamic_ncols=True,
-                       disable=jax.process_index() != 0)
-  t_last, step_last = time.time(), step
+  main_process = jax.process_index() == 0
+  if main_process:
+    print("compiling the train step…", file=sys.stderr, flush=True)
+  progress = metrics = report = None  # the bar starts after the first (compiled) step: its ETA leaves out compiling
+  t_start, first_step = time.time(), step
+  t_last, step_last = t_start, step
   with _StopRequest() as stop:
     while step < config.total_steps:
       batch = next(data_iter)
@@ -131,8 +160,12 @@ def train(config, workdir: str, resume: bool = False) -> TrainState:
                    f"clip ids: {', '.join(str(c) for c in batch['clip_id'])}")
         if config.nonfinite == "halt":
           raise NonFiniteError(message + "; set --config.nonfinite=skip to skip such updates")
-        logging.warning("%s; update skipped", message)
-      progress.update(1)
+        log.warning("%s; update skipped", message)
+      if progress is None:
+        progress = tqdm.tqdm(total=config.total_steps, initial=step, desc="train", dynamic_ncols=True,
+                             disable=not main_process)
+      else:
+        progress.update(1)
       if step % config.log_every == 0 or step == config.total_steps:
         now = time.time()
         scalars = {k: float(v) for k, v in metrics.items() if k != "finite"}
@@ -149,17 +182,20 @@ def train(config, workdir: str, resume: bool = False) -> TrainState:
         ckpt.save(step, state, data_iter)
       if step % config.eval_every == 0 or done:
         report = evaluate(predict, state.params, eval_source, config, workdir, step)
-        logging.info("eval at step %d: %s", step, json.dumps(report))
+        log.info("eval at step %d: %s", step, json.dumps(report))
         if writer:
           for part in ("input", "prediction"):
             for k, v in report[part].items():
               writer.add_scalar(f"eval_{part}/{k}", v, step)
       if stop.signal is not None:
-        logging.warning("signal %d: saved step %d, stopping", stop.signal, step)
+        log.warning("signal %d: saved step %d, stopping", stop.signal, step)
         break
-  progress.close()
+  if progress is not None:
+    progress.close()
   ckpt.wait()
   ckpt.close()
   if writer:
     writer.close()
+  if main_process:
+    print(summary(workdir, first_step, step, time.time() - t_start, metrics, report, stop.signal))
   return state
