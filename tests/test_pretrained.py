@@ -139,7 +139,7 @@ def test_a_run_starts_from_the_weights_and_its_checkpoint_carries_them(weights, 
 
 def test_missing_weights_stop_small_and_paper_runs():
   import visah_fm
-  for variant, missing in (("paper", ["clip_weights", "clap_weights"]), ("small_v", ["clip_weights"]),
+  for variant, missing in (("paper", ["clip_weights", "clap_weights"]), ("small", ["clip_weights", "clap_weights"]),
                            ("paper_vt", ["clip_weights"])):
     config = visah_fm.get_config(variant)
     with pytest.raises(pretrained.EncoderWeightsError) as err:
@@ -149,6 +149,7 @@ def test_missing_weights_stop_small_and_paper_runs():
     config.model.conditioning.random_encoders = True
     pretrained.check_weights(config)
   pretrained.check_weights(visah_fm.get_config("paper_t"))  # stored text features: no encoder runs
+  pretrained.check_weights(visah_fm.get_config("small_v"))  # stored CLIP image features (the ablation base)
   pretrained.check_weights(visah_fm.get_config("toy"))  # the toy's tiny encoders are random by design
   config = visah_fm.get_config("paper")
   config.model.conditioning.update(clip_weights="clip", clap_weights="clap.bin")
