@@ -22,8 +22,8 @@ from torch import nn as tnn
 from avflow.models.hdemucs import HDemucsRemixer, unet_plan
 from avflow.models.presets import model_config
 from avflow.models.visah import VisAH
-from avflow.nn.demucs_layers import (BiLSTM, BLSTM, Conv, ConvTranspose, conv, DConv, LocalState,
-                                     ScaledEmbedding)
+from avflow.nn.demucs_layers import (BiLSTM, BLSTM, Conv, ConvTranspose, conv, conv_fn, DConv, LocalState,
+                                     ScaledEmbedding, resolve_conv_impl)
 from avflow.nn.stft import hybrid_ispec, hybrid_spec
 
 KEY = jax.random.key(0, impl="rbg")  # cheaper to compile than threefry for large inits
@@ -181,30 +181,78 @@ def torch_out(module, x_nlc):
 # ---------------------------------------------------------------------------------------------
 # Layers.
 
+def _assert_matches_torch_with_gradients(module, params, ref, x):
+  """Output, and the gradients of input and kernel for a random cotangent, against the PyTorch module's."""
+  out, vjp = jax.vjp(lambda p, x: module.apply({"params": p}, x), params, x)
+  want = torch_out(ref, x)
+  np.testing.assert_allclose(np.asarray(out), want, atol=1e-5)
+  cotangent = randn(*want.shape, seed=1)
+  d_params, d_x = vjp(jnp.asarray(cotangent))
+  x_t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1))).requires_grad_()
+  ref(x_t).backward(torch.from_numpy(np.ascontiguousarray(np.moveaxis(cotangent, -1, 1))))
+  np.testing.assert_allclose(np.asarray(d_x), np.moveaxis(x_t.grad.numpy(), 1, -1), rtol=1e-4, atol=1e-4)
+  kernel = ref.weight.grad.numpy()
+  kernel = kernel.T if kernel.ndim == 3 else kernel.transpose(2, 3, 1, 0)
+  np.testing.assert_allclose(np.asarray(d_params["kernel"]), kernel, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(d_params["bias"]), ref.bias.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["xla", "matmul"])
 @pytest.mark.parametrize("kernel,stride,pad,dilation,cin,cout", [
     ((8,), (4,), ((2, 2),), 1, 3, 5), ((3,), (1,), ((2, 2),), 2, 4, 4),
     ((8, 1), (4, 1), ((2, 2), (0, 0)), 1, 2, 3), ((3, 3), (1, 1), ((1, 1), (1, 1)), 1, 3, 6)])
-def test_conv_matches_torch(kernel, stride, pad, dilation, cin, cout):
-  conv = Conv(cout, kernel, stride, pad, dilation=dilation)
+def test_conv_matches_torch(kernel, stride, pad, dilation, cin, cout, impl):
+  conv = Conv(cout, kernel, stride, pad, dilation=dilation, impl=impl)
   x = randn(2, *(20,) * len(kernel), cin)
   params = conv.init(KEY, x)["params"]
   klass = tnn.Conv1d if len(kernel) == 1 else tnn.Conv2d
   ref = load(klass(cin, cout, kernel, stride, tuple(p[0] for p in pad), dilation), params)
-  np.testing.assert_allclose(np.asarray(conv.apply({"params": params}, x)), torch_out(ref, x),
-                             atol=1e-5)
+  _assert_matches_torch_with_gradients(conv, params, ref, x)
 
 
+@pytest.mark.parametrize("impl", ["xla", "matmul"])
 @pytest.mark.parametrize("kernel,stride", [((8,), (4,)), ((4,), (2,)), ((4,), (4,)), ((3,), (2,)),
                                            ((8, 1), (4, 1)), ((4, 1), (4, 1))])
-def test_conv_transpose_matches_torch(kernel, stride):
-  conv = ConvTranspose(3, kernel, stride)
+def test_conv_transpose_matches_torch(kernel, stride, impl):
+  conv = ConvTranspose(3, kernel, stride, impl=impl)
   x = randn(2, *(9,) * len(kernel), 5)
   params = conv.init(KEY, x)["params"]
   klass = tnn.ConvTranspose1d if len(kernel) == 1 else tnn.ConvTranspose2d
   ref = load(klass(5, 3, kernel, stride), params)
-  out = np.asarray(conv.apply({"params": params}, x))
-  assert out.shape[1] == (9 - 1) * stride[0] + kernel[0]
-  np.testing.assert_allclose(out, torch_out(ref, x), atol=1e-5)
+  assert conv.apply({"params": params}, x).shape[1] == (9 - 1) * stride[0] + kernel[0]
+  _assert_matches_torch_with_gradients(conv, params, ref, x)
+
+
+def _primitives(fn, *args):
+  """Primitive names of fn's jaxpr, sub-jaxprs included (a custom_vjp shows as one `custom_vjp_call`)."""
+  from jax.extend import core
+
+  def walk(jaxpr):
+    for eqn in jaxpr.eqns:
+      yield eqn.primitive.name
+      for sub in core.jaxprs_in_params(eqn.params):
+        yield from walk(sub)
+  return list(walk(jax.make_jaxpr(fn)(*args).jaxpr))
+
+
+@pytest.mark.parametrize("module,x_shape", [(Conv(4, (8,), (4,), ((2, 2),)), (1, 20, 3)),
+                                            (ConvTranspose(4, (8,), (4,)), (1, 5, 3))])
+def test_conv_impl_xla_differentiates_with_xla_convolutions_matmul_with_matmuls(module, x_shape):
+  x = jnp.ones(x_shape)
+  params = module.init(KEY, x)["params"]
+  counts = {}
+  for impl in ("xla", "matmul"):
+    layer = module.clone(impl=impl)
+    grad = jax.grad(lambda p, x: jnp.sum(layer.apply({"params": p}, x)), argnums=(0, 1))
+    names = _primitives(grad, params, x)
+    counts[impl] = names.count("conv_general_dilated")
+    if impl == "xla":
+      assert not any(n.startswith("custom_vjp") for n in names)
+  # XLA's: the forward and the two gradients are convolutions; matmul's: at most the forward is.
+  assert counts == {"xla": 3, "matmul": int(isinstance(module, Conv))}
+  assert resolve_conv_impl("auto") == ("matmul" if jax.default_backend() == "cpu" else "xla")
+  with pytest.raises(ValueError, match="conv_impl='cudnn'"):
+    resolve_conv_impl("cudnn")
 
 
 @pytest.mark.parametrize("module,x_shape", [
@@ -599,8 +647,9 @@ CONV_CASES = [  # x, kernel, strides, padding, dilation: every kind of convoluti
 ]
 
 
+@pytest.mark.parametrize("impl", ["xla", "matmul"])
 @pytest.mark.parametrize("x_shape,k_shape,strides,padding,dilation", CONV_CASES)
-def test_conv_and_its_matmul_gradients_equal_the_xla_convolution(x_shape, k_shape, strides, padding, dilation):
+def test_conv_and_its_gradients_equal_the_xla_convolution(x_shape, k_shape, strides, padding, dilation, impl):
   x = jax.random.normal(jax.random.key(0), x_shape)
   kernel = jax.random.normal(jax.random.key(1), k_shape)
   spec = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}[len(strides)]
@@ -609,8 +658,8 @@ def test_conv_and_its_matmul_gradients_equal_the_xla_convolution(x_shape, k_shap
     return jax.lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation=(dilation,) * len(strides),
                                         dimension_numbers=spec, precision="highest")
 
-  def layer(x, kernel):  # XLA's forward, the matmuls' gradient
-    return conv(x, kernel, strides, padding, dilation)
+  def layer(x, kernel):  # XLA's forward; the gradient XLA's ("xla") or the matmuls' ("matmul")
+    return conv_fn(impl)(x, kernel, strides, padding, dilation)
 
   want, got = reference(x, kernel), layer(x, kernel)
   assert got.shape == want.shape
