@@ -223,16 +223,19 @@ def test_conv_transpose_matches_torch(kernel, stride, impl):
   _assert_matches_torch_with_gradients(conv, params, ref, x)
 
 
-def _primitives(fn, *args):
-  """Primitive names of fn's jaxpr, sub-jaxprs included (a custom_vjp shows as one `custom_vjp_call`)."""
+def _convs(fn, *args):
+  """Convolutions in fn's jaxpr: {"custom": inside a custom-gradient call, "xla": the others}."""
   from jax.extend import core
+  counts = {"custom": 0, "xla": 0}
 
-  def walk(jaxpr):
+  def walk(jaxpr, custom):
     for eqn in jaxpr.eqns:
-      yield eqn.primitive.name
+      if eqn.primitive.name == "conv_general_dilated":
+        counts["custom" if custom else "xla"] += 1
       for sub in core.jaxprs_in_params(eqn.params):
-        yield from walk(sub)
-  return list(walk(jax.make_jaxpr(fn)(*args).jaxpr))
+        walk(sub, custom or eqn.primitive.name.startswith("custom_vjp"))
+  walk(jax.make_jaxpr(fn)(*args).jaxpr, False)
+  return counts
 
 
 @pytest.mark.parametrize("module,x_shape", [(Conv(4, (8,), (4,), ((2, 2),)), (1, 20, 3)),
@@ -243,13 +246,9 @@ def test_conv_impl_xla_differentiates_with_xla_convolutions_matmul_with_matmuls(
   counts = {}
   for impl in ("xla", "matmul"):
     layer = module.clone(impl=impl)
-    grad = jax.grad(lambda p, x: jnp.sum(layer.apply({"params": p}, x)), argnums=(0, 1))
-    names = _primitives(grad, params, x)
-    counts[impl] = names.count("conv_general_dilated")
-    if impl == "xla":
-      assert not any(n.startswith("custom_vjp") for n in names)
-  # XLA's: the forward and the two gradients are convolutions; matmul's: at most the forward is.
-  assert counts == {"xla": 3, "matmul": int(isinstance(module, Conv))}
+    counts[impl] = _convs(jax.grad(lambda p, x: jnp.sum(layer.apply({"params": p}, x)), argnums=(0, 1)), params, x)
+  # XLA's: the forward and both gradients are XLA convolutions; matmul's: at most the custom-gradient forward is.
+  assert counts == {"xla": {"custom": 0, "xla": 3}, "matmul": {"custom": int(isinstance(module, Conv)), "xla": 0}}
   assert resolve_conv_impl("auto") == ("matmul" if jax.default_backend() == "cpu" else "xla")
   with pytest.raises(ValueError, match="conv_impl='cudnn'"):
     resolve_conv_impl("cudnn")
@@ -673,3 +672,18 @@ def test_conv_and_its_gradients_equal_the_xla_convolution(x_shape, k_shape, stri
 def test_conv_refuses_a_stride_that_does_not_divide_the_kernel():
   with pytest.raises(ValueError, match="kernel 3 along spatial axis 0 is not a multiple of its stride 2"):
     conv(jnp.ones((1, 9, 2)), jnp.ones((3, 2, 2)), (2,), ((0, 0),), 1)
+
+
+def test_model_conv_impl_reaches_every_convolution(toy):
+  """`model.conv_impl` reaches every layer: with "xla" no convolution has the custom (matmul) gradient and the
+  gradient's program holds XLA's gradient convolutions; with "matmul" its only convolutions are the forwards of
+  the custom-gradient convs (their gradients and the transposed convolutions are matmuls)."""
+  cfg, params, mix, ctx, t = toy
+  convs = {}
+  for impl in ("xla", "matmul"):
+    variant = cfg.copy_and_resolve_references()
+    variant.conv_impl = impl
+    model = VisAH(variant)
+    convs[impl] = _convs(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, mix, ctx, t))), params)
+  assert convs["xla"]["custom"] == 0 and convs["matmul"]["xla"] == 0
+  assert convs["xla"]["xla"] > 3 * convs["matmul"]["custom"] > 0

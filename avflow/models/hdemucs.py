@@ -167,7 +167,7 @@ class HEncLayer(nn.Module):
     rescale, impl = cfg.rescale or None, cfg.get("conv_impl", "auto")
     if s.freq:
       conv = Conv(s.chout, (s.kernel, 1), (s.stride, 1), ((s.pad, s.pad), (0, 0)),
-                  rescale=rescale, name="conv")
+                  rescale=rescale, impl=impl, name="conv")
     else:
       if x.ndim == 4:  # (B, F, T, C) -> (B, T, C * F) as the PyTorch view(B, -1, T)
         b, f, t, c = x.shape
