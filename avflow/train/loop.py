@@ -135,8 +135,9 @@ def train(config, workdir: str, resume: bool = False) -> TrainState:
       pending.append((step, metrics["finite"], metrics["loss"], batch["clip_id"]))
       progress.update(1)
       done = step == config.total_steps
+      stopping = stop.signal is not None  # read once: a signal after this stops the run after the next step
       log = step % config.log_every == 0 or done
-      save = step % config.checkpoint_every == 0 or done or stop.signal is not None
+      save = step % config.checkpoint_every == 0 or done or stopping
       if log or save or step % config.eval_every == 0:
         check_finite(pending, config.nonfinite)
         pending = []
@@ -160,7 +161,7 @@ def train(config, workdir: str, resume: bool = False) -> TrainState:
           for part in ("input", "prediction"):
             for k, v in report[part].items():
               writer.add_scalar(f"eval_{part}/{k}", v, step)
-      if stop.signal is not None:
+      if stopping:
         logging.warning("signal %d: saved step %d, stopping", stop.signal, step)
         break
   progress.close()
