@@ -189,24 +189,76 @@ def bench_rollout(config, batch_size: int = 1, repeats: int = 3, peak_flops: flo
   }
 
 
-def bench_infer(config, repeats: int = 3, num_steps: int = 4) -> dict:
-  """Seconds to highlight one clip with `num_steps` Euler steps (batch 1) and the real-time factor."""
-  config = copy.deepcopy(config)
-  config.inference.num_steps = num_steps
-  model = Highlighter(config.model)
-  batch = random_batch(config, 1)
-  params = create_train_state(model, config, batch, make_optimizer(config)).params
-  compiled, compile = compile_figures(jit(make_predict_fn(model, config)), params, batch)
+class Infer:
+  """A compiled highlight of one clip (batch 1) with `num_steps` Euler steps; calling it times one run."""
 
-  def call():
+  def __init__(self, config, num_steps: int = 4):
+    config = copy.deepcopy(config)
+    config.inference.num_steps = num_steps
+    model = Highlighter(config.model)
+    self.batch = random_batch(config, 1)
+    self.params = create_train_state(model, config, self.batch, make_optimizer(config)).params
+    self.compiled, self.compile = compile_figures(jit(make_predict_fn(model, config)), self.params, self.batch)
+
+  def __call__(self) -> float:
     start = time.perf_counter()
-    jax.block_until_ready(compiled(params, batch)[0])
+    jax.block_until_ready(self.compiled(self.params, self.batch)[0])
     return time.perf_counter() - start
 
-  seconds = time_interleaved({"infer": call}, repeats)["infer"]
+
+def bench_infer(config, repeats: int = 3, num_steps: int = 4) -> dict:
+  """Seconds to highlight one clip with `num_steps` Euler steps (batch 1) and the real-time factor."""
+  infer = Infer(config, num_steps)
+  seconds = time_interleaved({"infer": infer}, repeats)["infer"]
   clip_s = float(config.data.clip_seconds)
   return {"num_steps": num_steps, "clip_s": clip_s, "infer_s": seconds, "real_time_factor": seconds / clip_s,
-          **compile, "xla_flops": xla_flops(compiled), **memory_bytes(compiled)}
+          **infer.compile, "xla_flops": xla_flops(infer.compiled), **memory_bytes(infer.compiled)}
+
+
+def bench_torch(config, batch_size: int = 1, repeats: int = 3, bf16: bool = False, torch_threads: int = 0) -> dict:
+  """The PyTorch mirror's FM step, FM + rollout (T = 4) step and 4-step highlight against avflow's, on the same
+  device, shapes, weights and inputs; `speedup` = PyTorch seconds / avflow seconds (> 1: avflow is faster).
+
+  PyTorch runs eagerly (`interop.torch_steps`: TF32 on CUDA, bf16 autocast with `bf16`); avflow runs its jitted
+  steps at `config.precision`. The mirror is the VisAH-FM network on context tokens, so both sides take the
+  same random context tokens (`features` conditioning): the config's frame / CLIP / CLAP encoders are not run.
+  `torch_threads` > 0 sets PyTorch's CPU threads (default: PyTorch's own choice). The six are timed interleaved.
+  """
+  import torch
+
+  from avflow.interop import torch_steps, visah_torch
+  config = copy.deepcopy(config)
+  encoder = config.model.conditioning.kind
+  config.model.conditioning.update(kind="features", features_key="context")
+  fm_config, rollout_config = fm_and_rollout_configs(config)
+  batch = random_batch(config, batch_size)
+  steps = {"fm": Step(fm_config, batch), "rollout": Step(rollout_config, batch)}
+  infer = Infer(config)
+  device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+  if device == "cuda":
+    torch_steps.use_tf32()
+  if torch_threads:
+    torch.set_num_threads(torch_threads)
+  state_dict = visah_torch.flax_to_torch(jax.device_get(steps["fm"].state.params["visah"]), config.model)
+  mirror = torch_steps.TorchSteps(rollout_config, state_dict, batch, device, bf16)
+  seconds = time_interleaved({
+      "torch_fm_step_s": lambda: mirror.train_step(rollout=False), "fm_step_s": steps["fm"],
+      "torch_rollout_step_s": lambda: mirror.train_step(rollout=True), "rollout_step_s": steps["rollout"],
+      "torch_infer_s": lambda: mirror.highlight(4), "infer_s": infer}, repeats)
+  return {
+      "batch_size": batch_size, "horizon": rollout_config.objective.horizon,
+      "rollout_weight": rollout_config.objective.rollout_weight,
+      "conditioning": f"the same random context tokens on both sides (features); the config's {encoder!r} "
+                      "encoder is not run",
+      "torch_version": torch.__version__, "torch_device": device, "torch_threads": torch.get_num_threads(),
+      "torch_precision": "bf16_autocast" if bf16 else ("tf32" if device == "cuda" else "fp32"),
+      "precision": config.precision, "remat_policy": rollout_config.objective.remat_policy, **seconds,
+      "speedup": seconds["torch_fm_step_s"] / seconds["fm_step_s"],
+      "rollout_speedup": seconds["torch_rollout_step_s"] / seconds["rollout_step_s"],
+      "infer_speedup": seconds["torch_infer_s"] / seconds["infer_s"],
+      "compile_s": {"fm": steps["fm"].compile["compile_s"], "rollout": steps["rollout"].compile["compile_s"],
+                    "infer": infer.compile["compile_s"]},
+  }
 
 
 def bench_data(data_cfg, batch_size: int, workers=(0, 1, 2), warmup_examples: int = 600,

@@ -134,3 +134,26 @@ def test_compilation_cache_folder_choice(monkeypatch, tmp_path):
   assert compile_cache.cache_dir() is None
   monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path / "jax"))  # JAX's own setting wins
   assert compile_cache.cache_dir() == str(tmp_path / "jax")
+
+
+def test_side_by_side_with_the_pytorch_mirror_prints_the_speedup():
+  """`bench --what=torch` at a tiny toy shape on CPU: both sides timed, the ratios are the times' ratios."""
+  import json
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  tiny_flags = ["--config.data.clip_seconds=0.5", "--config.model.channels=4", "--config.model.latent.depth=1",
+                "--config.model.latent.context_dim=16", "--config.model.time_embed_dim=16"]
+  res = subprocess.run([sys.executable, "-m", "avflow", "bench", "--what=torch", "--repeats=1", "--torch_threads=1",
+                        "--config=configs/visah_fm.py:toy", *tiny_flags],
+                       cwd=root, capture_output=True, text=True, timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  figures = json.loads(res.stdout.strip().splitlines()[-1])
+  assert figures["torch_device"] == "cpu" and figures["torch_precision"] == "fp32" and figures["torch_threads"] == 1
+  assert figures["machine"]["backend"] == "cpu" and "clip_adapter" in figures["conditioning"]
+  for side in ("fm_step_s", "rollout_step_s", "infer_s"):
+    assert figures[side] > 0 and figures[f"torch_{side}"] > 0
+  assert figures["speedup"] == figures["torch_fm_step_s"] / figures["fm_step_s"]
+  assert figures["rollout_speedup"] == figures["torch_rollout_step_s"] / figures["rollout_step_s"]
+  assert figures["infer_speedup"] == figures["torch_infer_s"] / figures["infer_s"]

@@ -22,8 +22,8 @@ from torch import nn as tnn
 from avflow.models.hdemucs import HDemucsRemixer, unet_plan
 from avflow.models.presets import model_config
 from avflow.models.visah import VisAH
-from avflow.nn.demucs_layers import (BiLSTM, BLSTM, Conv, ConvTranspose, conv, DConv, LocalState,
-                                     ScaledEmbedding)
+from avflow.nn.demucs_layers import (BiLSTM, BLSTM, Conv, ConvTranspose, conv, conv_fn, DConv, LocalState,
+                                     ScaledEmbedding, resolve_conv_impl)
 from avflow.nn.stft import hybrid_ispec, hybrid_spec
 
 KEY = jax.random.key(0, impl="rbg")  # cheaper to compile than threefry for large inits
@@ -181,30 +181,77 @@ def torch_out(module, x_nlc):
 # ---------------------------------------------------------------------------------------------
 # Layers.
 
+def _assert_matches_torch_with_gradients(module, params, ref, x):
+  """Output, and the gradients of input and kernel for a random cotangent, against the PyTorch module's."""
+  out, vjp = jax.vjp(lambda p, x: module.apply({"params": p}, x), params, x)
+  want = torch_out(ref, x)
+  np.testing.assert_allclose(np.asarray(out), want, atol=1e-5)
+  cotangent = randn(*want.shape, seed=1)
+  d_params, d_x = vjp(jnp.asarray(cotangent))
+  x_t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(x, -1, 1))).requires_grad_()
+  ref(x_t).backward(torch.from_numpy(np.ascontiguousarray(np.moveaxis(cotangent, -1, 1))))
+  np.testing.assert_allclose(np.asarray(d_x), np.moveaxis(x_t.grad.numpy(), 1, -1), rtol=1e-4, atol=1e-4)
+  kernel = ref.weight.grad.numpy()
+  kernel = kernel.T if kernel.ndim == 3 else kernel.transpose(2, 3, 1, 0)
+  np.testing.assert_allclose(np.asarray(d_params["kernel"]), kernel, rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(d_params["bias"]), ref.bias.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("impl", ["xla", "matmul"])
 @pytest.mark.parametrize("kernel,stride,pad,dilation,cin,cout", [
     ((8,), (4,), ((2, 2),), 1, 3, 5), ((3,), (1,), ((2, 2),), 2, 4, 4),
     ((8, 1), (4, 1), ((2, 2), (0, 0)), 1, 2, 3), ((3, 3), (1, 1), ((1, 1), (1, 1)), 1, 3, 6)])
-def test_conv_matches_torch(kernel, stride, pad, dilation, cin, cout):
-  conv = Conv(cout, kernel, stride, pad, dilation=dilation)
+def test_conv_matches_torch(kernel, stride, pad, dilation, cin, cout, impl):
+  conv = Conv(cout, kernel, stride, pad, dilation=dilation, impl=impl)
   x = randn(2, *(20,) * len(kernel), cin)
   params = conv.init(KEY, x)["params"]
   klass = tnn.Conv1d if len(kernel) == 1 else tnn.Conv2d
   ref = load(klass(cin, cout, kernel, stride, tuple(p[0] for p in pad), dilation), params)
-  np.testing.assert_allclose(np.asarray(conv.apply({"params": params}, x)), torch_out(ref, x),
-                             atol=1e-5)
+  _assert_matches_torch_with_gradients(conv, params, ref, x)
 
 
+@pytest.mark.parametrize("impl", ["xla", "matmul"])
 @pytest.mark.parametrize("kernel,stride", [((8,), (4,)), ((4,), (2,)), ((4,), (4,)), ((3,), (2,)),
                                            ((8, 1), (4, 1)), ((4, 1), (4, 1))])
-def test_conv_transpose_matches_torch(kernel, stride):
-  conv = ConvTranspose(3, kernel, stride)
+def test_conv_transpose_matches_torch(kernel, stride, impl):
+  conv = ConvTranspose(3, kernel, stride, impl=impl)
   x = randn(2, *(9,) * len(kernel), 5)
   params = conv.init(KEY, x)["params"]
   klass = tnn.ConvTranspose1d if len(kernel) == 1 else tnn.ConvTranspose2d
   ref = load(klass(5, 3, kernel, stride), params)
-  out = np.asarray(conv.apply({"params": params}, x))
-  assert out.shape[1] == (9 - 1) * stride[0] + kernel[0]
-  np.testing.assert_allclose(out, torch_out(ref, x), atol=1e-5)
+  assert conv.apply({"params": params}, x).shape[1] == (9 - 1) * stride[0] + kernel[0]
+  _assert_matches_torch_with_gradients(conv, params, ref, x)
+
+
+def _convs(fn, *args):
+  """Convolutions in fn's jaxpr: {"custom": inside a custom-gradient call, "xla": the others}."""
+  from jax.extend import core
+  counts = {"custom": 0, "xla": 0}
+
+  def walk(jaxpr, custom):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == "conv_general_dilated":
+        counts["custom" if custom else "xla"] += 1
+      for sub in core.jaxprs_in_params(eqn.params):
+        walk(sub, custom or eqn.primitive.name.startswith("custom_vjp"))
+  walk(jax.make_jaxpr(fn)(*args).jaxpr, False)
+  return counts
+
+
+@pytest.mark.parametrize("module,x_shape", [(Conv(4, (8,), (4,), ((2, 2),)), (1, 20, 3)),
+                                            (ConvTranspose(4, (8,), (4,)), (1, 5, 3))])
+def test_conv_impl_xla_differentiates_with_xla_convolutions_matmul_with_matmuls(module, x_shape):
+  x = jnp.ones(x_shape)
+  params = module.init(KEY, x)["params"]
+  counts = {}
+  for impl in ("xla", "matmul"):
+    layer = module.clone(impl=impl)
+    counts[impl] = _convs(jax.grad(lambda p, x: jnp.sum(layer.apply({"params": p}, x)), argnums=(0, 1)), params, x)
+  # XLA's: the forward and both gradients are XLA convolutions; matmul's: at most the custom-gradient forward is.
+  assert counts == {"xla": {"custom": 0, "xla": 3}, "matmul": {"custom": int(isinstance(module, Conv)), "xla": 0}}
+  assert resolve_conv_impl("auto") == ("matmul" if jax.default_backend() == "cpu" else "xla")
+  with pytest.raises(ValueError, match="conv_impl='cudnn'"):
+    resolve_conv_impl("cudnn")
 
 
 @pytest.mark.parametrize("module,x_shape", [
@@ -599,8 +646,9 @@ CONV_CASES = [  # x, kernel, strides, padding, dilation: every kind of convoluti
 ]
 
 
+@pytest.mark.parametrize("impl", ["xla", "matmul"])
 @pytest.mark.parametrize("x_shape,k_shape,strides,padding,dilation", CONV_CASES)
-def test_conv_and_its_matmul_gradients_equal_the_xla_convolution(x_shape, k_shape, strides, padding, dilation):
+def test_conv_and_its_gradients_equal_the_xla_convolution(x_shape, k_shape, strides, padding, dilation, impl):
   x = jax.random.normal(jax.random.key(0), x_shape)
   kernel = jax.random.normal(jax.random.key(1), k_shape)
   spec = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}[len(strides)]
@@ -609,8 +657,8 @@ def test_conv_and_its_matmul_gradients_equal_the_xla_convolution(x_shape, k_shap
     return jax.lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation=(dilation,) * len(strides),
                                         dimension_numbers=spec, precision="highest")
 
-  def layer(x, kernel):  # XLA's forward, the matmuls' gradient
-    return conv(x, kernel, strides, padding, dilation)
+  def layer(x, kernel):  # XLA's forward; the gradient XLA's ("xla") or the matmuls' ("matmul")
+    return conv_fn(impl)(x, kernel, strides, padding, dilation)
 
   want, got = reference(x, kernel), layer(x, kernel)
   assert got.shape == want.shape
@@ -624,3 +672,18 @@ def test_conv_and_its_matmul_gradients_equal_the_xla_convolution(x_shape, k_shap
 def test_conv_refuses_a_stride_that_does_not_divide_the_kernel():
   with pytest.raises(ValueError, match="kernel 3 along spatial axis 0 is not a multiple of its stride 2"):
     conv(jnp.ones((1, 9, 2)), jnp.ones((3, 2, 2)), (2,), ((0, 0),), 1)
+
+
+def test_model_conv_impl_reaches_every_convolution(toy):
+  """`model.conv_impl` reaches every layer: with "xla" no convolution has the custom (matmul) gradient and the
+  gradient's program holds XLA's gradient convolutions; with "matmul" its only convolutions are the forwards of
+  the custom-gradient convs (their gradients and the transposed convolutions are matmuls)."""
+  cfg, params, mix, ctx, t = toy
+  convs = {}
+  for impl in ("xla", "matmul"):
+    variant = cfg.copy_and_resolve_references()
+    variant.conv_impl = impl
+    model = VisAH(variant)
+    convs[impl] = _convs(jax.grad(lambda p: jnp.sum(model.apply({"params": p}, mix, ctx, t))), params)
+  assert convs["xla"]["custom"] == 0 and convs["matmul"]["xla"] == 0
+  assert convs["xla"]["xla"] > 3 * convs["matmul"]["custom"] > 0

@@ -143,6 +143,25 @@ def test_non_finite_loss_halts_with_step_and_clip_ids(tiny_visah_config, tmp_pat
     train(tiny_visah_config, str(tmp_path / "nan"))
 
 
+def test_non_finite_step_between_log_boundaries_is_named_exactly(tiny_visah_config, tmp_path, monkeypatch):
+  """The loop checks finiteness only at log / save / eval boundaries (step 4 here), yet names step 3."""
+  from avflow.train import loop
+  c = tiny_visah_config
+  c.update(total_steps=6, log_every=4, checkpoint_every=100, eval_every=100)
+  calls = []
+
+  def poison_step_3(batch):  # called for the example batch, then once per step
+    calls.append(len(calls))
+    out = device_batch(batch)
+    return {**out, "x1": np.full_like(out["x1"], np.nan)} if len(calls) == 4 else out
+
+  monkeypatch.setattr(loop, "device_batch", poison_step_3)
+  with pytest.raises(NonFiniteError, match=r"at step 3 \(loss=nan\); clip ids: toy-train"):
+    train(c, str(tmp_path / "nan"))
+  assert len(calls) == 5  # the run went on to step 4, the boundary, and stopped there
+  assert not os.path.exists(tmp_path / "nan" / "metrics.jsonl")
+
+
 def _info_sources(stderr):
   """The source files of the absl-formatted INFO lines (`I1204 19:15:05.895 1401 checkpoint_manager.py:1881] ...`)."""
   return set(re.findall(r"I\d{4} [\d:.]+ +\d+ ([\w.]+):\d+\]", stderr))

@@ -164,17 +164,17 @@ class HEncLayer(nn.Module):
   def __call__(self, x: jax.Array, inject: Optional[jax.Array] = None,
                time_bias: Optional[jax.Array] = None) -> jax.Array:
     s, cfg = self.spec, self.cfg
-    rescale = cfg.rescale or None
+    rescale, impl = cfg.rescale or None, cfg.get("conv_impl", "auto")
     if s.freq:
       conv = Conv(s.chout, (s.kernel, 1), (s.stride, 1), ((s.pad, s.pad), (0, 0)),
-                  rescale=rescale, name="conv")
+                  rescale=rescale, impl=impl, name="conv")
     else:
       if x.ndim == 4:  # (B, F, T, C) -> (B, T, C * F) as the PyTorch view(B, -1, T)
         b, f, t, c = x.shape
         x = jnp.transpose(x, (0, 2, 3, 1)).reshape(b, t, c * f)
       x = jnp.pad(x, ((0, 0), (0, -x.shape[1] % s.stride), (0, 0)))
       conv = Conv(s.chout, (s.kernel,), (s.stride,), ((s.pad, s.pad),), rescale=rescale,
-                  name="conv")
+                  impl=impl, name="conv")
     y = conv(x)
     if s.empty:
       return y
@@ -187,14 +187,14 @@ class HEncLayer(nn.Module):
     y = gelu(y)
     dconv = DConv(s.chout, compress=cfg.dconv_comp, depth=cfg.dconv_depth,
                   scale_init=cfg.dconv_init, lstm=s.lstm, attn=s.attn,
-                  lstm_max_steps=cfg.lstm_max_steps, rescale=rescale, name="dconv")
+                  lstm_max_steps=cfg.lstm_max_steps, rescale=rescale, conv_impl=impl, name="dconv")
     if s.freq:
       b, f, t, c = y.shape
       y = dconv(y.reshape(b * f, t, c)).reshape(b, f, t, c)
     else:
       y = dconv(y)
     kernel = (1, 1) if s.freq else (1,)
-    z = Conv(2 * s.chout, kernel, rescale=rescale, name="rewrite")(y)
+    z = Conv(2 * s.chout, kernel, rescale=rescale, impl=impl, name="rewrite")(y)
     if s.norm:
       z = group_norm(cfg.norm_groups, "norm2")(z)
     return glu(z)
@@ -214,7 +214,7 @@ class HDecLayer(nn.Module):
   def __call__(self, x: jax.Array, skip: Optional[jax.Array],
                length: int) -> Tuple[jax.Array, jax.Array]:
     s, cfg = self.spec, self.cfg
-    rescale = cfg.rescale or None
+    rescale, impl = cfg.rescale or None, cfg.get("conv_impl", "auto")
     if s.freq and x.ndim == 3:
       x = x[:, None]
     if s.empty:
@@ -222,19 +222,21 @@ class HDecLayer(nn.Module):
     else:
       x = x + skip
       if s.freq:
-        rewrite = Conv(2 * s.chin, (3, 3), padding=((1, 1), (1, 1)), rescale=rescale,
+        rewrite = Conv(2 * s.chin, (3, 3), padding=((1, 1), (1, 1)), rescale=rescale, impl=impl,
                        name="rewrite")
       else:
-        rewrite = Conv(2 * s.chin, (3,), padding=((1, 1),), rescale=rescale, name="rewrite")
+        rewrite = Conv(2 * s.chin, (3,), padding=((1, 1),), rescale=rescale, impl=impl,
+                       name="rewrite")
       y = rewrite(x)
       if s.norm:
         y = group_norm(cfg.norm_groups, "norm1")(y)
       y = glu(y)
     if s.freq:
-      z = ConvTranspose(s.chout, (s.kernel, 1), (s.stride, 1), rescale=rescale,
+      z = ConvTranspose(s.chout, (s.kernel, 1), (s.stride, 1), rescale=rescale, impl=impl,
                         name="conv_tr")(y)
     else:
-      z = ConvTranspose(s.chout, (s.kernel,), (s.stride,), rescale=rescale, name="conv_tr")(y)
+      z = ConvTranspose(s.chout, (s.kernel,), (s.stride,), rescale=rescale, impl=impl,
+                        name="conv_tr")(y)
     if s.norm:
       z = group_norm(cfg.norm_groups, "norm2")(z)
     if s.freq:
@@ -270,8 +272,8 @@ class HDemucsRemixer(nn.Module):
     self.tdecoder = [HDecLayer(s, cfg) for s in plan.tdecoder]
     if plan.freq_emb:
       self.freq_emb = ScaledEmbedding(*plan.freq_emb, scale=cfg.emb_scale, smooth=True)
-    self.latent_transformer = AVLatentTransformer(cfg=cfg.latent,
-                                                  in_channels=plan.encoder[-1].chout)
+    self.latent_transformer = AVLatentTransformer(cfg=cfg.latent, in_channels=plan.encoder[-1].chout,
+                                                  conv_impl=cfg.get("conv_impl", "auto"))
     if cfg.time_conditioning == "latent_token+encoder":
       zeros = nn.initializers.zeros_init()
       self.encoder_time = {str(i): nn.Dense(s.chout, kernel_init=zeros)

@@ -51,6 +51,7 @@ The PyTorch checkpoint also holds two persistent buffers that have no Flax param
 `pe.pe = sinusoidal_positions(5000, C)[None]` (unused) and
 `pe_context.pe = sinusoidal_positions(5000, inner)[None]`.
 """
+import functools
 import math
 from typing import Optional
 
@@ -108,9 +109,11 @@ class BasicTransformerBlock(nn.Module):
 
 
 class AVLatentTransformer(nn.Module):
-  """VisAH latent transformer; `cfg` is `config.model.latent`, `in_channels` = C of `x`."""
+  """VisAH latent transformer; `cfg` is `config.model.latent`, `in_channels` = C of `x`, `conv_impl` is
+  `config.model.conv_impl`."""
   cfg: ml_collections.ConfigDict
   in_channels: int
+  conv_impl: str = "auto"
 
   def setup(self):
     cfg = self.cfg
@@ -120,14 +123,15 @@ class AVLatentTransformer(nn.Module):
     inner = cfg.n_heads * cfg.d_head
     self.norm = nn.GroupNorm(num_groups=math.gcd(32, self.in_channels), epsilon=1e-6,
                              use_fast_variance=False)
-    self.proj_in = nn.Conv(inner, kernel_size=(1,), conv_general_dilated=flax_conv)
+    conv = functools.partial(flax_conv, impl=self.conv_impl)
+    self.proj_in = nn.Conv(inner, kernel_size=(1,), conv_general_dilated=conv)
     self.context_proj = nn.Dense(inner)
     self.context_encoder_layers = [
         ContextEncoderLayer(cfg.context_heads, cfg.context_ff, cfg.context_attention)
         for _ in range(cfg.context_layers)]
     self.transformer_blocks = [
         BasicTransformerBlock(cfg.n_heads, cfg.d_head) for _ in range(cfg.depth)]
-    self.proj_out = nn.Conv(self.in_channels, kernel_size=(1,), conv_general_dilated=flax_conv,
+    self.proj_out = nn.Conv(self.in_channels, kernel_size=(1,), conv_general_dilated=conv,
                             kernel_init=nn.initializers.zeros_init(),
                             bias_init=nn.initializers.zeros_init())
 

@@ -36,6 +36,8 @@ def model_config(scale: str) -> ml_collections.ConfigDict:
       freq_emb=0.2,
       emb_scale=10.0,
       rescale=0.1,
+      # "auto" (matmul gradients and transposed convolutions on CPU, XLA's own elsewhere), "xla" or "matmul".
+      conv_impl="auto",
       # VisAH-FM additions (Sec. 2.2.2 "Time (CFM) Conditioning", Table 6).
       time_conditioning="none",
       time_embed_dim=256,

@@ -27,6 +27,19 @@ import jax.numpy as jnp
 import numpy as np
 
 _DIMENSION_NUMBERS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC")}
+# `model.conv_impl`: "matmul" differentiates convolutions and computes transposed convolutions as matmuls (fast on
+# XLA:CPU, whose convolution gradients run slowly inside loops), "xla" leaves both to XLA's own convolutions,
+# "auto" picks matmul on the CPU backend and XLA's elsewhere.
+CONV_IMPLS = ("auto", "xla", "matmul")
+
+
+def resolve_conv_impl(impl: str) -> str:
+  """"xla" or "matmul" for a `model.conv_impl` ("auto": by `jax.default_backend()` when traced)."""
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"model.conv_impl={impl!r}; expected one of {CONV_IMPLS}")
+  if impl == "auto":
+    return "matmul" if jax.default_backend() == "cpu" else "xla"
+  return impl
 
 
 def torch_uniform(fan_in: int):
@@ -150,6 +163,13 @@ def _fold_strides(x: jax.Array, kernel: jax.Array, strides: Sequence[int], paddi
   return x, kernel
 
 
+def xla_conv(x: jax.Array, kernel: jax.Array, strides: Tuple[int, ...], padding: Tuple[Tuple[int, int], ...],
+             dilation: int = 1) -> jax.Array:
+  """`lax.conv_general_dilated` for channels-last `x (N, *S, C)` and `kernel (*K, C, O)`, differentiated by XLA."""
+  return jax.lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation=(dilation,) * len(strides),
+                                      dimension_numbers=_DIMENSION_NUMBERS[len(strides)])
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv(x: jax.Array, kernel: jax.Array, strides: Tuple[int, ...], padding: Tuple[Tuple[int, int], ...],
          dilation: int = 1) -> jax.Array:
@@ -161,8 +181,7 @@ def conv(x: jax.Array, kernel: jax.Array, strides: Tuple[int, ...], padding: Tup
   matmuls they run at full speed there. Only x and the kernel are kept for the backward.
   """
   _check_foldable(kernel.shape[:-2], strides, dilation)
-  return jax.lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation=(dilation,) * len(strides),
-                                      dimension_numbers=_DIMENSION_NUMBERS[len(strides)])
+  return xla_conv(x, kernel, strides, padding, dilation)
 
 
 def _conv_fwd(x, kernel, strides, padding, dilation):
@@ -177,9 +196,14 @@ def _conv_bwd(strides, padding, dilation, residuals, g):
 conv.defvjp(_conv_fwd, _conv_bwd)
 
 
+def conv_fn(impl: str):
+  """The convolution of a `model.conv_impl`: `conv` (matmul gradient) or `xla_conv`."""
+  return conv if resolve_conv_impl(impl) == "matmul" else xla_conv
+
+
 def flax_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
-              feature_group_count=1, precision=None):
-  """`conv` behind `lax.conv_general_dilated`'s signature, for `flax.linen.Conv(conv_general_dilated=)`
+              feature_group_count=1, precision=None, impl="auto"):
+  """`conv_fn(impl)` behind `lax.conv_general_dilated`'s signature, for `flax.linen.Conv(conv_general_dilated=)`
   (channels-last, no input dilation or feature groups, the same dilation on every axis)."""
   del dimension_numbers, precision  # flax passes channels-last numbers; the default precision is used
   nd = rhs.ndim - 2
@@ -189,14 +213,15 @@ def flax_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation
   if isinstance(padding, str):
     padding = jax.lax.padtype_to_pads(lhs.shape[1:-1], [dilation * (k - 1) + 1 for k in rhs.shape[:nd]],
                                       window_strides, padding)
-  return conv(lhs, rhs, tuple(window_strides), tuple(map(tuple, padding)), dilation)
+  return conv_fn(impl)(lhs, rhs, tuple(window_strides), tuple(map(tuple, padding)), dilation)
 
 
 class Conv(nn.Module):
   """`torch.nn.Conv1d` / `Conv2d` on `(N, spatial..., C)`; kernel `(spatial..., in, out)`.
 
   `padding` holds one `(low, high)` pair per spatial axis (zeros). `kernel_gain` and
-  `bias_value` modify the PyTorch init before the rescale (used by `LocalState`).
+  `bias_value` modify the PyTorch init before the rescale (used by `LocalState`); `impl` is a
+  `model.conv_impl` (`conv_fn`).
   """
   features: int
   kernel_size: Sequence[int]
@@ -206,6 +231,7 @@ class Conv(nn.Module):
   rescale: Optional[float] = None
   kernel_gain: float = 1.0
   bias_value: Optional[float] = None
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -214,8 +240,8 @@ class Conv(nn.Module):
     kernel, bias = _conv_params(
         self, (*self.kernel_size, cin, self.features), cin * math.prod(self.kernel_size),
         self.features, self.rescale, self.kernel_gain, self.bias_value)
-    y = conv(x, kernel, tuple(self.strides or (1,) * nd), tuple(map(tuple, self.padding or ((0, 0),) * nd)),
-             self.dilation)
+    y = conv_fn(self.impl)(x, kernel, tuple(self.strides or (1,) * nd),
+                           tuple(map(tuple, self.padding or ((0, 0),) * nd)), self.dilation)
     return y + bias
 
 
@@ -240,13 +266,15 @@ class ConvTranspose(nn.Module):
   `transpose(2, 3, 1, 0)` (2-D). PyTorch's init uses `fan_in = out * prod(kernel)`.
   2-D kernels must be `(k, 1)` with strides `(s, 1)` (the demucs frequency layers).
 
-  Computed as one matmul giving every output frame, then an overlap-add: exact, and much
-  faster (forward and backward) than an input-dilated convolution on CPU.
+  With `impl` "matmul" (`model.conv_impl`, the CPU default) computed as one matmul giving
+  every output frame, then an overlap-add: exact, and much faster (forward and backward) than
+  an input-dilated convolution on XLA:CPU; with "xla" as `lax.conv_transpose`.
   """
   features: int
   kernel_size: Sequence[int]
   strides: Sequence[int]
   rescale: Optional[float] = None
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -256,7 +284,10 @@ class ConvTranspose(nn.Module):
     kernel, bias = _conv_params(
         self, (*self.kernel_size, self.features, x.shape[-1]),
         self.features * math.prod(self.kernel_size), self.features, self.rescale, 1.0, None)
-    if nd == 1:
+    if resolve_conv_impl(self.impl) == "xla":
+      y = jax.lax.conv_transpose(x, kernel, tuple(self.strides), [(k - 1, k - 1) for k in self.kernel_size],
+                                 dimension_numbers=_DIMENSION_NUMBERS[nd], transpose_kernel=True)
+    elif nd == 1:
       y = _overlap_add(jnp.einsum("ntc,koc->ntko", x, kernel), self.strides[0])
     else:
       y = _overlap_add(jnp.einsum("nftc,koc->nfkto", x, kernel[:, 0]), self.strides[0])
@@ -388,6 +419,7 @@ class LocalState(nn.Module):
   heads: int = 4
   ndecay: int = 4
   rescale: Optional[float] = None
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -395,7 +427,7 @@ class LocalState(nn.Module):
     heads, ndecay = self.heads, self.ndecay
 
     def conv(features, name, **kw):
-      return Conv(features, (1,), rescale=self.rescale, name=name, **kw)
+      return Conv(features, (1,), rescale=self.rescale, impl=self.conv_impl, name=name, **kw)
 
     queries = conv(c, "query")(x).reshape(n, t, heads, c // heads)
     keys = conv(c, "key")(x).reshape(n, t, heads, c // heads)
@@ -424,21 +456,22 @@ class DConvLayer(nn.Module):
   attn: bool
   lstm_max_steps: Optional[int]
   rescale: Optional[float]
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     d = self.dilation
     y = Conv(self.hidden, (3,), padding=((d, d),), dilation=d, rescale=self.rescale,
-             name="0")(x)
+             impl=self.conv_impl, name="0")(x)
     y = gelu(group_norm(1, "1")(y))
     index = 3
     if self.lstm:
       y = BLSTM(self.hidden, layers=2, max_steps=self.lstm_max_steps, name=str(index))(y)
       index += 1
     if self.attn:
-      y = LocalState(self.hidden, rescale=self.rescale, name=str(index))(y)
+      y = LocalState(self.hidden, rescale=self.rescale, conv_impl=self.conv_impl, name=str(index))(y)
       index += 1
-    y = Conv(2 * self.channels, (1,), rescale=self.rescale, name=str(index))(y)
+    y = Conv(2 * self.channels, (1,), rescale=self.rescale, impl=self.conv_impl, name=str(index))(y)
     y = glu(group_norm(1, str(index + 1))(y))
     return LayerScale(self.scale_init, name=str(index + 3))(y)
 
@@ -454,11 +487,12 @@ class DConv(nn.Module):
   attn: bool = False
   lstm_max_steps: Optional[int] = 200
   rescale: Optional[float] = None
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     hidden = int(self.channels / self.compress)
     for d in range(self.depth):
       x = x + DConvLayer(self.channels, hidden, 2**d, self.scale_init, self.lstm, self.attn,
-                         self.lstm_max_steps, self.rescale, name=f"layers_{d}")(x)
+                         self.lstm_max_steps, self.rescale, self.conv_impl, name=f"layers_{d}")(x)
     return x

@@ -2,6 +2,10 @@
 
 SIGTERM/SIGINT finish the current step, save the state and the data iterator, and return; `resume=True` continues
 exactly where the run stopped.
+
+The host never waits on the device between steps except to log (`log_every`), save or evaluate: each step's
+finiteness flag stays on the device until such a boundary, where the flags of the steps since the last one are
+checked in order, so a halted run still names the first non-finite step.
 """
 import json
 import logging
@@ -29,6 +33,21 @@ OUTPUTS = (checkpoint.CONFIG_FILE, "checkpoints", "eval.json", "samples", "metri
 
 class NonFiniteError(AvflowError, RuntimeError):
   """A non-finite loss or gradient under `config.nonfinite = "halt"`."""
+
+
+def check_finite(pending: list, nonfinite: str) -> None:
+  """Fetches the `(step, finite, loss, clip ids)` of the steps since the last check (flags and losses still on
+  the device); the first non-finite step raises `NonFiniteError` (`nonfinite="halt"`), else each is logged as
+  skipped."""
+  fetched = jax.device_get([(finite, loss) for _, finite, loss, _ in pending])
+  for (step, _, _, clip_ids), (finite, loss) in zip(pending, fetched):
+    if finite:
+      continue
+    message = (f"non-finite loss or gradient at step {step} (loss={float(loss)}); "
+               f"clip ids: {', '.join(str(c) for c in clip_ids)}")
+    if nonfinite == "halt":
+      raise NonFiniteError(message + "; set --config.nonfinite=skip to skip such updates")
+    log.warning("%s; update skipped", message)
 
 
 class _StopRequest:
@@ -148,27 +167,29 @@ def train(config, workdir: str, resume: bool = False) -> TrainState:
   progress = metrics = report = None  # the bar starts after the first (compiled) step: its ETA leaves out compiling
   t_start, first_step = time.time(), step
   t_last, step_last = t_start, step
+  pending = []  # (step, finite, loss, clip ids) of the steps not yet checked; flag and loss on the device
   with _StopRequest() as stop:
     while step < config.total_steps:
       batch = next(data_iter)
       rng = jax.random.fold_in(state.rng, step)
       state, metrics = train_step(state, sharding.global_batch(device_batch(batch), data_sharding), rng)
       step += 1
-      metrics = jax.device_get(metrics)
-      if not metrics["finite"]:
-        message = (f"non-finite loss or gradient at step {step} (loss={float(metrics['loss'])}); "
-                   f"clip ids: {', '.join(str(c) for c in batch['clip_id'])}")
-        if config.nonfinite == "halt":
-          raise NonFiniteError(message + "; set --config.nonfinite=skip to skip such updates")
-        log.warning("%s; update skipped", message)
+      pending.append((step, metrics["finite"], metrics["loss"], batch["clip_id"]))
       if progress is None:
         progress = tqdm.tqdm(total=config.total_steps, initial=step, desc="train", dynamic_ncols=True,
                              disable=not main_process)
       else:
         progress.update(1)
-      if step % config.log_every == 0 or step == config.total_steps:
+      done = step == config.total_steps
+      stopping = stop.signal is not None  # read once: a signal after this stops the run after the next step
+      log_now = step % config.log_every == 0 or done
+      save = step % config.checkpoint_every == 0 or done or stopping
+      if log_now or save or step % config.eval_every == 0:
+        check_finite(pending, config.nonfinite)
+        pending = []
+      if log_now:
         now = time.time()
-        scalars = {k: float(v) for k, v in metrics.items() if k != "finite"}
+        scalars = {k: float(v) for k, v in jax.device_get(metrics).items() if k != "finite"}
         scalars["examples_per_s"] = (step - step_last) * config.batch_size / max(now - t_last, 1e-9)
         t_last, step_last = now, step
         progress.set_postfix({k: f"{v:.4g}" for k, v in scalars.items()})
@@ -177,8 +198,7 @@ def train(config, workdir: str, resume: bool = False) -> TrainState:
             writer.add_scalar(f"train/{k}", v, step)
           with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps({"step": step, **scalars}) + "\n")
-      done = step == config.total_steps
-      if step % config.checkpoint_every == 0 or done or stop.signal is not None:
+      if save:
         ckpt.save(step, state, data_iter)
       if step % config.eval_every == 0 or done:
         report = evaluate(predict, state.params, eval_source, config, workdir, step)
@@ -187,7 +207,7 @@ def train(config, workdir: str, resume: bool = False) -> TrainState:
           for part in ("input", "prediction"):
             for k, v in report[part].items():
               writer.add_scalar(f"eval_{part}/{k}", v, step)
-      if stop.signal is not None:
+      if stopping:
         log.warning("signal %d: saved step %d, stopping", stop.signal, step)
         break
   if progress is not None:
