@@ -83,7 +83,13 @@ def test_the_slurm_launcher_asks_for_the_main_job_set_and_the_cuda_jax():
 
 
 def test_a_command_that_needs_pytorch_says_what_to_install():
-  code = "import sys; sys.modules['torch'] = None; from avflow.__main__ import run; run(['avflow', 'export', '-h'])"
+  code = ("import importlib.abc, sys\n"
+          "class NoTorch(importlib.abc.MetaPathFinder):  # as on a machine without PyTorch\n"
+          "  def find_spec(self, name, path, target=None):\n"
+          "    if name.partition('.')[0] == 'torch':\n"
+          "      raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+          "sys.meta_path.insert(0, NoTorch())\n"
+          "from avflow.__main__ import run; run(['avflow', 'export', '-h'])")
   done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert done.returncode == 2 and done.stderr.strip() == (
       "avflow export: needs torch, which the main job's requirements.txt leaves out: "

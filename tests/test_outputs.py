@@ -23,7 +23,7 @@ import sys
 from avflow.__main__ import run
 from avflow.commands import highlight
 
-def write_half(source, audio, sample_rate, path):
+def write_half(source, audio, sample_rate, path, bit_rate=None):
   with open(path, "wb") as f:
     f.write(b"the first half of a video")
   raise OSError(28, "No space left on device")
