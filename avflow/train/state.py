@@ -8,7 +8,7 @@ import numpy as np
 import optax
 
 from avflow.models.highlighter import frozen_prefixes
-from avflow.train.partition import freeze
+from avflow.train.flat_optimizer import FlatOptimizer
 
 
 @flax.struct.dataclass
@@ -30,18 +30,17 @@ def learning_rate_schedule(opt_cfg, total_steps: int) -> optax.Schedule:
   raise ValueError(f"optimizer.schedule={opt_cfg.schedule!r}; expected 'cosine' or 'constant'")
 
 
-def make_optimizer(config) -> optax.GradientTransformation:
-  """Adam on the trainable parameters; frozen encoders get zero updates and no optimizer state."""
+def make_optimizer(config) -> FlatOptimizer:
+  """Adam on the trainable parameters (one buffer); frozen encoders keep their values and have no optimizer state."""
   opt_cfg = config.optimizer
   tx = optax.adam(learning_rate_schedule(opt_cfg, config.total_steps), b1=opt_cfg.b1, b2=opt_cfg.b2,
                   eps=opt_cfg.eps)
   if opt_cfg.clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(opt_cfg.clip_norm), tx)
-  frozen = frozen_prefixes(config.model)
-  return freeze(tx, frozen) if frozen else tx
+  return FlatOptimizer(tx, frozen_prefixes(config.model))
 
 
-def create_train_state(model, config, example_batch: dict, tx: optax.GradientTransformation) -> TrainState:
+def create_train_state(model, config, example_batch: dict, tx: FlatOptimizer) -> TrainState:
   """Initializes parameters from `config.seed` and the optimizer state."""
   init_key, state_key = jax.random.split(jax.random.PRNGKey(config.seed))
   t = jnp.zeros((example_batch["x0"].shape[0],), jnp.float32)

@@ -1,16 +1,15 @@
 """Pure train, evaluation and inference steps (compile them with `jit`; the train step donates its state)."""
-import functools
 import os
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import optax
 
 from avflow import flow
 from avflow.models.highlighter import Highlighter
 from avflow.train import precision
 from avflow.train.losses import multi_resolution_stft_loss
+from avflow.train.flat_optimizer import FlatOptimizer
 from avflow.train.state import TrainState
 
 TASKS = ("flow", "regression")
@@ -53,25 +52,17 @@ def make_loss_fn(model: Highlighter, config) -> Callable:
   return loss_fn
 
 
-def _all_finite(tree) -> jax.Array:
-  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
-def make_train_step(model: Highlighter, config, tx: optax.GradientTransformation) -> Callable:
-  """train_step(state, batch, rng) → (state, metrics); a non-finite loss or gradient leaves the state unchanged
-  (except the step count) and reports `finite = False`, so the loop can halt or skip (`config.nonfinite`).
+def make_train_step(model: Highlighter, config, tx: FlatOptimizer) -> Callable:
+  """train_step(state, batch, rng) → (state, metrics); a non-finite loss or trainable gradient leaves the state
+  unchanged (except the step count) and reports `finite = False`, so the loop can halt or skip (`config.nonfinite`).
   `config.precision = "bf16"` computes the loss with bfloat16 matmuls and convolutions (`precision.autocast`)."""
   loss_fn = precision.autocast(make_loss_fn(model, config), config.get("precision", "fp32"))
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
     (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss) & _all_finite(grads)
-    keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
-    state = state.replace(step=state.step + 1, params=keep(params, state.params),
-                          opt_state=keep(opt_state, state.opt_state))
-    return state, {"loss": loss, **terms, "grad_norm": optax.global_norm(grads), "finite": finite}
+    params, opt_state, finite, grad_norm = tx.apply(grads, state.opt_state, state.params, jnp.isfinite(loss))
+    state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return state, {"loss": loss, **terms, "grad_norm": grad_norm, "finite": finite}
 
   return train_step
 

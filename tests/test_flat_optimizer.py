@@ -1,0 +1,73 @@
+"""The optimizer on one buffer equals optax's per-leaf chain, keeps its state layout and skips non-finite steps."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from avflow.train.flat_optimizer import FlatOptimizer
+from avflow.train.partition import freeze
+
+FROZEN = ("encoder",)
+
+
+def _params(key):
+  k = jax.random.split(key, 4)
+  return {"encoder": {"w": jax.random.normal(k[0], (3, 2))},
+          "head": {"kernel": jax.random.normal(k[1], (4, 5)), "bias": jax.random.normal(k[2], (5,))},
+          "scale": jax.random.normal(k[3], ())}
+
+
+def _chain():
+  return optax.chain(optax.clip_by_global_norm(0.5), optax.adam(optax.cosine_decay_schedule(1e-2, 10)))
+
+
+@pytest.mark.parametrize("frozen", [(), FROZEN])
+def test_matches_per_leaf_optax_and_keeps_its_layout(frozen):
+  params = _params(jax.random.PRNGKey(0))
+  flat = FlatOptimizer(_chain(), frozen)
+  reference = freeze(_chain(), frozen) if frozen else _chain()
+  state, ref_state = flat.init(params), reference.init(params)
+  assert jax.tree.structure(state) == jax.tree.structure(ref_state)
+  ref_params = params
+  apply = jax.jit(flat.apply)
+  for step in range(3):
+    grads = jax.tree.map(lambda x: (step + 1.0) * jnp.cos(x), params)
+    params, state, finite, grad_norm = apply(grads, state, params, jnp.bool_(True))
+    updates, ref_state = reference.update(grads, ref_state, ref_params)
+    ref_params = optax.apply_updates(ref_params, updates)
+    assert bool(finite)
+    trainable = {k: v for k, v in grads.items() if k not in frozen}
+    np.testing.assert_allclose(grad_norm, optax.global_norm(trainable), rtol=1e-6)
+  for got, want in zip(jax.tree.leaves(params) + jax.tree.leaves(state),
+                       jax.tree.leaves(ref_params) + jax.tree.leaves(ref_state)):
+    assert got.shape == want.shape and got.dtype == want.dtype
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+  if frozen:
+    np.testing.assert_array_equal(params["encoder"]["w"], _params(jax.random.PRNGKey(0))["encoder"]["w"])
+
+
+@pytest.mark.parametrize("bad", ["loss", "grad"])
+def test_a_non_finite_step_changes_nothing(bad):
+  params = _params(jax.random.PRNGKey(1))
+  flat = FlatOptimizer(_chain(), FROZEN)
+  state = flat.init(params)
+  grads = jax.tree.map(jnp.sin, params)
+  if bad == "grad":
+    grads["head"]["bias"] = grads["head"]["bias"].at[2].set(jnp.nan)
+  new_params, new_state, finite, _ = jax.jit(flat.apply)(grads, state, params, jnp.bool_(bad != "loss"))
+  assert not bool(finite)
+  for got, want in zip(jax.tree.leaves((new_params, new_state)), jax.tree.leaves((params, state))):
+    np.testing.assert_array_equal(got, want)
+
+
+def test_a_frozen_gradient_does_not_stop_the_step():
+  """Frozen encoders get no update, so their gradient (which may overflow) is not checked."""
+  params = _params(jax.random.PRNGKey(2))
+  flat = FlatOptimizer(_chain(), FROZEN)
+  grads = jax.tree.map(jnp.sin, params)
+  grads["encoder"]["w"] = jnp.full((3, 2), jnp.inf)
+  new_params, _, finite, _ = jax.jit(flat.apply)(grads, flat.init(params), params, jnp.bool_(True))
+  assert bool(finite)
+  assert not np.allclose(new_params["head"]["kernel"], params["head"]["kernel"])
+  np.testing.assert_array_equal(new_params["encoder"]["w"], params["encoder"]["w"])
