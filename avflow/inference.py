@@ -10,6 +10,7 @@ channels and rate (`CHANNEL_MODES`).
 """
 import dataclasses
 
+import jax
 import librosa
 import numpy as np
 import scipy.interpolate
@@ -74,10 +75,48 @@ def window_starts(length: int, window: int, hop: int) -> list[int]:
   return starts + [length - window]
 
 
+def _window_batch(run: LoadedRun, starts: list[int], padded: np.ndarray, frames, text) -> dict:
+  """The model inputs of the windows starting at `starts` (one example each)."""
+  window, fps = run.clip_length, run.config.data.frames_per_second
+  batch = {"x0": np.stack([padded[s:s + window, None] for s in starts])}
+  if run.uses_frames:
+    firsts = [int(s / run.sample_rate * fps) for s in starts]
+    batch["frames"] = np.stack([frames[np.clip(np.arange(f, f + run.frames_per_clip), 0, len(frames) - 1)]
+                                for f in firsts])
+  if text is not None:
+    batch["text"] = np.repeat(text, len(starts), axis=0)
+  return batch
+
+
+def window_bytes(run: LoadedRun, example: dict, steps: int | None) -> int | None:
+  """Bytes one window's model call needs besides the parameters (temporaries, inputs, outputs), from the compiled
+  one-window call's memory analysis; None where the backend gives none."""
+  memory = run.predict.lower(run.params, example, steps).compile().memory_analysis()
+  if memory is None:
+    return None
+  params = sum(x.nbytes for x in jax.tree.leaves(run.params))
+  return memory.temp_size_in_bytes + memory.output_size_in_bytes + memory.argument_size_in_bytes - params
+
+
+def windows_per_batch(run: LoadedRun, example: dict, steps: int | None, memory_budget: float) -> int:
+  """How many windows one call may carry within `memory_budget` bytes (`window_bytes` each). Runs whose context
+  encoder attends across the batch (`legacy_batch_axis`) take one window at a time: batching would change their
+  result."""
+  if run.config.model.latent.context_attention == "legacy_batch_axis":
+    return 1
+  per_window = window_bytes(run, example, steps)
+  return 1 if per_window is None else max(1, int(memory_budget // max(per_window, 1)))
+
+
 def rebalance(run: LoadedRun, audio: np.ndarray, frames: np.ndarray | None, steps: int | None = None,
-              text: np.ndarray | None = None) -> np.ndarray:
+              text: np.ndarray | None = None, memory_budget: float = 0.0) -> np.ndarray:
   """The rebalanced (L,) soundtrack for mono `audio` (L,) at the run's rate, `frames` (F, H, W, 3) at 1 fps (None
-  for a text-only run) and, for a caption-conditioned run, the caption's `text` features (text_tokens, text_dim)."""
+  for a text-only run) and, for a caption-conditioned run, the caption's `text` features (text_tokens, text_dim).
+
+  Windows go through the model in batches that fit `memory_budget` bytes (`windows_per_batch`; 0: one at a time);
+  the last batch is filled up with copies of its last window, so every call has the same shape (one compile). Each
+  window's result is the one it gets alone, up to float rounding.
+  """
   n = run.config.inference.num_steps
   if steps is not None and not 0 <= steps <= n:
     raise ValueError(f"--steps must be in [0, {n}] (the model integrates over {n} steps), got {steps}")
@@ -92,7 +131,7 @@ def rebalance(run: LoadedRun, audio: np.ndarray, frames: np.ndarray | None, step
     raise ValueError("this run is not conditioned on captions; drop --caption")
   if run.uses_frames and frames is None:
     raise ValueError("this run is conditioned on the video's frames; none were given")
-  window, fps = run.clip_length, run.config.data.frames_per_second
+  window = run.clip_length
   hop = window * 3 // 4
   length = len(audio)
   padded = np.pad(audio.astype(np.float32), (0, max(0, window - length)))
@@ -102,16 +141,18 @@ def rebalance(run: LoadedRun, audio: np.ndarray, frames: np.ndarray | None, step
   ramp = np.ones(window, np.float32)
   ramp[:fade] = np.linspace(0, 1, fade + 2, dtype=np.float32)[1:-1]
   ramp[-fade:] = ramp[:fade][::-1]
-  for start in window_starts(len(padded), window, hop):
-    batch = {"x0": padded[None, start:start + window, None]}
-    if run.uses_frames:
-      first = int(start / run.sample_rate * fps)
-      batch["frames"] = frames[None, np.clip(np.arange(first, first + run.frames_per_clip), 0, len(frames) - 1)]
-    if text is not None:
-      batch["text"] = text
-    pred, _ = run.predict(run.params, batch, steps)
-    out[start:start + window] += ramp * np.asarray(pred)[0, :, 0]
-    weight[start:start + window] += ramp
+  starts = window_starts(len(padded), window, hop)
+  size = 1
+  if memory_budget and len(starts) > 1:
+    size = min(len(starts), windows_per_batch(run, _window_batch(run, starts[:1], padded, frames, text), steps,
+                                              memory_budget))
+  for first in range(0, len(starts), size):
+    chunk = starts[first:first + size]
+    batch = _window_batch(run, chunk + chunk[-1:] * (size - len(chunk)), padded, frames, text)
+    pred = np.asarray(run.predict(run.params, batch, steps)[0])
+    for start, x1_hat in zip(chunk, pred[:, :, 0]):
+      out[start:start + window] += ramp * x1_hat
+      weight[start:start + window] += ramp
   return (out / np.maximum(weight, 1e-8))[:length]
 
 

@@ -165,3 +165,33 @@ def test_highlight_keeps_the_input_channels_rate_and_bit_rate(run_dir, tmp_path)
   wav, wav_sr = sf.read(tmp_path / "out.wav", dtype="float32", always_2d=True)
   assert wav_sr == sr and wav.shape == before.native_audio.T.shape
   np.testing.assert_allclose(wav.T, before.native_audio, atol=2e-3)  # zero steps: the input, stereo kept
+
+
+def test_long_input_in_batches_of_windows_equals_window_by_window(run_dir):
+  """A 7-window input through the model 3 windows per call (the last call filled up) gives each window's
+  one-at-a-time result; a budget below one window keeps one at a time."""
+  from avflow.inference import _window_batch, load_run, rebalance, window_bytes
+  run = load_run(run_dir)
+  window = run.clip_length
+  t = np.arange(int(window * 5.5)) / SR
+  audio = (0.2 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 0.3 * t))).astype(np.float32)
+  size = run.config.data.image_size
+  frames = np.stack([picture(i)[:size, :size] for i in range(int(len(t) / SR) + 1)])
+  calls = []
+  predict = run.predict
+
+  def spy(params, batch, steps):
+    calls.append(batch["x0"].shape[0])
+    return predict(params, batch, steps)
+
+  one = rebalance(run, audio, frames)
+  per_window = window_bytes(run, _window_batch(run, [0], np.pad(audio, (0, window)), frames, None), None)
+  assert per_window > 0
+  run.predict = spy
+  run.predict.lower = predict.lower
+  batched = rebalance(run, audio, frames, memory_budget=3.5 * per_window)
+  assert calls == [3, 3, 3]  # 7 windows: 3 + 3 + (1 and 2 copies)
+  np.testing.assert_allclose(batched, one, rtol=0, atol=1e-6)
+  calls.clear()
+  np.testing.assert_array_equal(rebalance(run, audio, frames, memory_budget=0.5 * per_window), one)
+  assert calls == [1] * 7

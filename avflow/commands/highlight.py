@@ -13,6 +13,7 @@ conditioned on captions (Table 2 rows V+T, V+T+A, T) also takes `--caption="..."
 is encoded by the same local T5 encoder the training records were prepared with.
 """
 import os
+import time
 
 import numpy as np
 import soundfile as sf
@@ -33,6 +34,8 @@ flags.DEFINE_integer("steps", None, "Stop after k of the N flow steps (how stron
 flags.DEFINE_integer("sample_rate", None, "Refuse to run unless the checkpoint was trained at this sample rate.")
 flags.DEFINE_string("caption", None, "For a caption-conditioned run: the clip's caption (one text for the whole clip).")
 flags.DEFINE_string("text_encoder", None, "For --caption: the local T5 encoder folder the records were prepared with.")
+flags.DEFINE_float("memory_budget", 2.0, "GiB of activations one model call may use: the windows of a long input "
+                   "go through the model in batches that fit (0: one window at a time).")
 flags.DEFINE_enum("channels", "copy", list(CHANNEL_MODES), "; ".join(f"{k}: {v}" for k, v in CHANNEL_MODES.items()))
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff")  # inputs read as audio
@@ -100,10 +103,14 @@ def main(argv):
     native, native_rate, bit_rate = video.native_audio, video.native_rate, video.audio_bit_rate
     if f.frames:
       frames = _frames(f.frames, image_size)
+  if f.memory_budget < 0:
+    _fail(f"--memory_budget={f.memory_budget} GiB; expected 0 (one window at a time) or more")
+  start = time.perf_counter()
   try:
-    x1_hat = np.clip(rebalance(run, audio, frames, f.steps, text), -1.0, 1.0)
+    x1_hat = np.clip(rebalance(run, audio, frames, f.steps, text, f.memory_budget * 2**30), -1.0, 1.0)
   except ValueError as e:
     _fail(str(e))
+  seconds, audio_seconds = time.perf_counter() - start, len(audio) / run.sample_rate
   out = np.clip(in_input_format(x1_hat, audio, run.sample_rate, native, native_rate, f.channels), -1.0, 1.0)
   channels = f"{len(out)} channel{'s' * (len(out) > 1)}"
   with staged_file(output) as partial:
@@ -116,3 +123,5 @@ def main(argv):
   print(f"wrote {output} ({out.shape[-1] / native_rate:.2f} s of audio, {written}; the model ran in mono at "
         f"{run.sample_rate} Hz, --channels={f.channels})")
   print(describe_change(audio, x1_hat, run.sample_rate))
+  print(f"the model took {seconds:.1f} s for {audio_seconds:.1f} s of audio ({3600 * seconds / audio_seconds:.0f} s "
+        "per hour, compilation included)")

@@ -139,9 +139,7 @@ class AVLatentTransformer(nn.Module):
     """`context (B, N, context_dim)` -> encoded context tokens `(B, N, inner)`."""
     c = self.context_proj(context)
     pos = sinusoidal_positions(c.shape[1], c.shape[2]).astype(c.dtype)
-    for layer in self.context_encoder_layers:
-      c = layer(c, pos)
-    return c
+    return self._in_turn(self.context_encoder_layers, c, pos)
 
   def __call__(self, x: jax.Array, context: jax.Array,
                time_token: Optional[jax.Array] = None) -> jax.Array:
@@ -153,6 +151,16 @@ class AVLatentTransformer(nn.Module):
       if time_token.shape != (c.shape[0], c.shape[2]):
         raise ValueError(f"time_token must be {(c.shape[0], c.shape[2])}, got {time_token.shape}")
       c = jnp.concatenate([c, time_token[:, None, :].astype(c.dtype)], axis=1)
-    for block in self.transformer_blocks:
-      x = block(x, c)
+    x = self._in_turn(self.transformer_blocks, x, c)
     return self.proj_out(x) + x_in
+
+  def _in_turn(self, layers, x: jax.Array, *args) -> jax.Array:
+    """`x` through identical `layers` in turn, as one `lax.scan` over their stacked parameters: the compiled graph
+    holds one layer instead of `len(layers)` (compile time). The parameters stay per layer (`{name}_{i}`)."""
+    if self.is_initializing() or len(layers) == 1:
+      for layer in layers:
+        x = layer(x, *args)
+      return x
+    stacked = jax.tree.map(lambda *p: jnp.stack(p), *(layer.variables["params"] for layer in layers))
+    unbound = layers[0].clone(parent=None)
+    return jax.lax.scan(lambda h, params: (unbound.apply({"params": params}, h, *args), None), x, stacked)[0]

@@ -118,18 +118,18 @@ def _taps_conv_grads(x: jax.Array, kernel: jax.Array, dilation: int, g: jax.Arra
   """
   batch_axes = tuple(range(g.ndim - 1))
   pad_g = g.shape[-1] < x.shape[-1]
-  d_kernel = jnp.zeros_like(kernel)
-  d_x = jnp.zeros_like(x)
+  d_kernel, d_x = [], None
   for tap, window in _tap_slices(kernel.shape[:-2], dilation, g.shape[1:-1]):
-    index = (slice(None), *window)
+    # g's window placed in x's frame: zeros before and after the window on each spatial axis.
+    shifts = [(0, 0, 0), *[(w.start, size - w.stop, 0) for w, size in zip(window, x.shape[1:-1])], (0, 0, 0)]
     if pad_g:
-      shifts = [(w.start, size - w.stop) for w, size in zip(window, x.shape[1:-1])]
-      d_kernel_tap = jnp.tensordot(x, jnp.pad(g, [(0, 0), *shifts, (0, 0)]), axes=(batch_axes, batch_axes))
+      d_kernel.append(jnp.tensordot(x, jax.lax.pad(g, jnp.zeros((), g.dtype), shifts), axes=(batch_axes, batch_axes)))
     else:
-      d_kernel_tap = jnp.tensordot(x[index], g, axes=(batch_axes, batch_axes))
-    d_kernel = d_kernel.at[tap].set(d_kernel_tap)
-    d_x = d_x.at[index].add(jnp.tensordot(g, kernel[tap], axes=((g.ndim - 1,), (1,))))
-  return d_x, d_kernel
+      d_kernel.append(jnp.tensordot(x[(slice(None), *window)], g, axes=(batch_axes, batch_axes)))
+    d_x_tap = jnp.tensordot(g, kernel[tap], axes=((g.ndim - 1,), (1,)))
+    d_x_tap = jax.lax.pad(d_x_tap, jnp.zeros((), d_x_tap.dtype), shifts)
+    d_x = d_x_tap if d_x is None else d_x + d_x_tap
+  return d_x, jnp.stack(d_kernel).reshape(kernel.shape)
 
 
 def _check_foldable(kernel_size: Sequence[int], strides: Sequence[int], dilation: int) -> None:
