@@ -8,7 +8,8 @@ in `.mp4`, `.m4v`, `.mov` or `.mkv` gets the input video with its picture stream
 at the input's bit rate. Either way the soundtrack keeps the input's sample rate and channels: the model hears
 the mono mix at its own rate, and `--channels` says how its mono result fills the input's channels. OUTPUT is
 checked before the model runs: it may not be an input, its missing folders are created, and it is written to a
-temporary file beside it that replaces it only when complete. A run
+temporary file beside it that replaces it only when complete. The windows of a long input go through the model in
+batches that fit `--memory_budget` (the compiled one-window call's memory analysis says what one window needs). A run
 conditioned on captions (Table 2 rows V+T, V+T+A, T) also takes `--caption="..." --text_encoder=DIR`: the caption
 is encoded by the same local T5 encoder the training records were prepared with.
 """
