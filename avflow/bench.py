@@ -20,6 +20,7 @@ from jax.extend import core
 
 from avflow import compile_cache
 from avflow.flow.objectives import REMAT_POLICIES
+from avflow.inference import WINDOW_HOP
 from avflow.models.highlighter import Highlighter
 from avflow.train.state import abstract_batch, create_train_state, make_optimizer
 from avflow.train.step import jit, make_predict_fn, make_train_step
@@ -190,13 +191,14 @@ def bench_rollout(config, batch_size: int = 1, repeats: int = 3, peak_flops: flo
 
 
 class Infer:
-  """A compiled highlight of one clip (batch 1) with `num_steps` Euler steps; calling it times one run."""
+  """A compiled highlight of `batch_size` clips (highlight's windows of a long input) with `num_steps` Euler steps;
+  calling it times one run."""
 
-  def __init__(self, config, num_steps: int = 4):
+  def __init__(self, config, num_steps: int = 4, batch_size: int = 1):
     config = copy.deepcopy(config)
     config.inference.num_steps = num_steps
     model = Highlighter(config.model)
-    self.batch = random_batch(config, 1)
+    self.batch = random_batch(config, batch_size)
     self.params = create_train_state(model, config, self.batch, make_optimizer(config)).params
     self.compiled, self.compile = compile_figures(jit(make_predict_fn(model, config)), self.params, self.batch)
 
@@ -206,12 +208,17 @@ class Infer:
     return time.perf_counter() - start
 
 
-def bench_infer(config, repeats: int = 3, num_steps: int = 4) -> dict:
-  """Seconds to highlight one clip with `num_steps` Euler steps (batch 1) and the real-time factor."""
-  infer = Infer(config, num_steps)
+def bench_infer(config, repeats: int = 3, num_steps: int = 4, batch_size: int = 1) -> dict:
+  """Seconds to highlight `batch_size` clips in one call with `num_steps` Euler steps, the real-time factor and
+  the model's seconds per hour of audio in `highlight` (windows every `WINDOW_HOP` clip lengths, `batch_size` per
+  call; decoding and writing not included)."""
+  infer = Infer(config, num_steps, batch_size)
   seconds = time_interleaved({"infer": infer}, repeats)["infer"]
   clip_s = float(config.data.clip_seconds)
-  return {"num_steps": num_steps, "clip_s": clip_s, "infer_s": seconds, "real_time_factor": seconds / clip_s,
+  windows_per_hour = 3600 / (WINDOW_HOP * clip_s)
+  return {"num_steps": num_steps, "batch_size": batch_size, "clip_s": clip_s, "infer_s": seconds,
+          "real_time_factor": seconds / (batch_size * clip_s),
+          "s_per_hour_of_audio": seconds / batch_size * windows_per_hour,
           **infer.compile, "xla_flops": xla_flops(infer.compiled), **memory_bytes(infer.compiled)}
 
 

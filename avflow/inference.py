@@ -68,6 +68,9 @@ def load_run(run_dir: str, step: int | None = None) -> LoadedRun:
   return LoadedRun(config, params, jit(make_predict_fn(model, config), static_argnums=2))
 
 
+WINDOW_HOP = 0.75  # windows start every 3/4 of the model's clip length (25% overlap)
+
+
 def window_starts(length: int, window: int, hop: int) -> list[int]:
   if length <= window:
     return [0]
@@ -132,7 +135,7 @@ def rebalance(run: LoadedRun, audio: np.ndarray, frames: np.ndarray | None, step
   if run.uses_frames and frames is None:
     raise ValueError("this run is conditioned on the video's frames; none were given")
   window = run.clip_length
-  hop = window * 3 // 4
+  hop = int(window * WINDOW_HOP)
   length = len(audio)
   padded = np.pad(audio.astype(np.float32), (0, max(0, window - length)))
   out = np.zeros(max(length, window), np.float32)

@@ -4,6 +4,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import pytest
 
 from avflow import bench
 from avflow.commands.bench import table
@@ -101,7 +102,8 @@ def _bench_infer(env):
   tiny_flags = ["--config.data.clip_seconds=1.0", "--config.data.image_size=16", "--config.model.channels=4",
                 "--config.model.latent.depth=1", "--config.model.conditioning.kind=frames_tiny",
                 "--config.model.latent.context_dim=16", "--config.model.time_embed_dim=16"]
-  res = subprocess.run([sys.executable, "-m", "avflow", "bench", "--what=infer", "--repeats=1", *tiny_flags],
+  res = subprocess.run([sys.executable, "-m", "avflow", "bench", "--what=infer", "--repeats=1", "--batch_size=2",
+                        *tiny_flags],
                        cwd=root, env=env, capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
   return json.loads(res.stdout.strip().splitlines()[-1])
@@ -117,6 +119,8 @@ def test_compilation_cache_is_on_by_default_in_the_user_cache(tmp_path):
   first, second = _bench_infer(env), _bench_infer(env)
   assert first["hlo_lines"] > 100 and second["hlo_lines"] == first["hlo_lines"]
   assert not first["compile_cache_hit"] and second["compile_cache_hit"]
+  # Two 1-s windows per call, a window every 0.75 s: 2400 calls per hour of audio.
+  assert first["batch_size"] == 2 and first["s_per_hour_of_audio"] == pytest.approx(first["infer_s"] * 2400)
   assert os.listdir(home / ".cache" / "avflow" / "jax")
 
 

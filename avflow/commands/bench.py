@@ -23,7 +23,8 @@ from avflow.flow.objectives import REMAT_POLICIES
 config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Config file and variant whose shapes are measured.",
                                 lock_config=True)
 flags.DEFINE_enum("what", "rollout", ["rollout", "step", "infer", "data", "torch"], "What to measure.")
-flags.DEFINE_integer("batch_size", 1, "Batch size of the measured steps (data: defaults to the config's).")
+flags.DEFINE_integer("batch_size", 1, "Batch size of the measured steps (infer: windows per call; data: defaults to "
+                     "the config's).")
 flags.DEFINE_integer("repeats", 3, "Timed calls per variant (after one warm-up call); the median is reported.")
 flags.DEFINE_float("peak_flops", 0.0, "Peak FLOP/s of one device, for MFU (e.g. 989e12 for an H100 in bf16).")
 flags.DEFINE_list("remat_policies", list(REMAT_POLICIES), "Remat policies of the rollout step to compare.")
@@ -62,7 +63,7 @@ def main(argv):
   elif f.what == "step":
     figures = bench.bench_step(config, f.batch_size, f.repeats, f.peak_flops)
   elif f.what == "infer":
-    figures = bench.bench_infer(config, f.repeats)
+    figures = bench.bench_infer(config, f.repeats, batch_size=f.batch_size)
   elif f.what == "torch":
     figures = bench.bench_torch(config, f.batch_size, f.repeats, f.torch_bf16, f.torch_threads)
   else:
