@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from avflow.configs_lib import shipped_configs_dir
+from avflow.configs_lib import set_field, shipped_configs_dir
 from avflow.data.pipeline import make_source
 from avflow.metrics.signal import paper_display
 from avflow.models.highlighter import Highlighter, describe_conditioning
@@ -78,17 +78,11 @@ def load_config(row: Row, overrides: dict | None = None):
   spec.loader.exec_module(module)
   config = module.get_config(row.variant)
   for name, value in (overrides or {}).items():
-    *parents, leaf = name.split(".")
-    node = config
     try:
-      for part in parents:
-        node = node[part]
-      if leaf not in node:
-        raise KeyError(leaf)
-      node[leaf] = value
+      set_field(config, name, value)
     except (KeyError, TypeError) as e:
       raise ValueError(f"override {name}={value!r} does not apply to {row.config_file}:{row.variant}: "
-                       f"{'no such field ' if isinstance(e, KeyError) else ''}{e}") from e
+                       f"{e.args[0] if isinstance(e, KeyError) else e}") from e
   return config
 
 

@@ -16,6 +16,25 @@ from avflow.models import presets
 CONFIGS_PACKAGE = "avflow_configs"  # what `configs/` installs as (setup.py), so an installed avflow finds its configs
 
 
+def get_field(config, path: str):
+  """The value at dotted `path` ("model.latent.depth"); KeyError naming the missing part."""
+  node = config
+  for part in path.split("."):
+    if part not in node:
+      raise KeyError(f"{path}: no such field {part!r}")
+    node = node[part]
+  return node
+
+
+def set_field(config, path: str, value) -> None:
+  """Sets the existing field at dotted `path`; KeyError naming the missing part (no new fields are created)."""
+  *parents, leaf = path.split(".")
+  node = get_field(config, ".".join(parents)) if parents else config
+  if leaf not in node:
+    raise KeyError(f"{path}: no such field {leaf!r}")
+  node[leaf] = value
+
+
 def shipped_configs_dir() -> str:
   """The config files avflow ships: `configs/` beside the `avflow` package in a source tree, else the installed
   `avflow_configs` package."""

@@ -10,7 +10,7 @@ CPU. The rows of Tables 3–8 build on V only (`TABLE_BASES`): CLIP image featur
 does not state its conditioning: V only, so each of its rows differs from its on-the-fly twin of Tables 3–4 in
 `data.remix` alone.
 """
-from avflow.configs_lib import base_config
+from avflow.configs_lib import base_config, set_field
 
 SCALES = ("toy", "small", "paper")
 
@@ -22,13 +22,7 @@ def _objective(**fields):
 
 
 def _set(path, value):
-  def apply(c):
-    *parents, leaf = path.split(".")
-    node = c
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return apply
+  return lambda c: set_field(c, path, value)
 
 
 def _conditioning(kind, modalities=(), features_key="context"):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
+from avflow.configs_lib import set_field
 from avflow.train import sharding
 
 MESHES = ((8, 1), (4, 2), (2, 4), (1, 8))
@@ -37,11 +38,7 @@ def micro_config(**overrides):
   import visah_fm
   config = visah_fm.get_config("toy")
   for key, value in {**MICRO, **overrides}.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+    set_field(config, key, value)
   return config
 
 

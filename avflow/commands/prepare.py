@@ -21,6 +21,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from avflow.commands import no_arguments, parse_flags  # noqa: F401
+from avflow.configs_lib import get_field
 from avflow.data import records
 from avflow.models import clip
 
@@ -74,12 +75,6 @@ SHAPE_FLAGS = {"sample_rate": ("data.sample_rate", 44100), "clip_seconds": ("dat
                "text_tokens": ("model.conditioning.text_tokens", 10)}
 
 
-def _field(config, path: str):
-  for key in path.split("."):
-    config = config[key]
-  return config
-
-
 def shapes(f) -> dict:
   """The record shapes: explicit flags, else `--config`'s fields, else the paper's; `SystemExit` on a conflict."""
   out = {}
@@ -88,7 +83,7 @@ def shapes(f) -> dict:
     if f.config is None:
       out[name] = default if given is None else given
       continue
-    wanted = _field(f.config, path)
+    wanted = get_field(f.config, path)
     if given is not None and float(given) != float(wanted):
       raise SystemExit(f"avflow prepare: --{name}={given} conflicts with config.{path}={wanted} of --config; "
                        f"drop --{name} or pass --config.{path}={given}")
