@@ -233,7 +233,7 @@ def bench_torch(config, batch_size: int = 1, repeats: int = 3, bf16: bool = Fals
   """
   import torch
 
-  from avflow.interop import torch_steps, visah_torch
+  from avflow.interop import torch_steps, visah_convert
   config = copy.deepcopy(config)
   encoder = config.model.conditioning.kind
   config.model.conditioning.update(kind="features", features_key="context")
@@ -246,7 +246,7 @@ def bench_torch(config, batch_size: int = 1, repeats: int = 3, bf16: bool = Fals
     torch_steps.use_tf32()
   if torch_threads:
     torch.set_num_threads(torch_threads)
-  state_dict = visah_torch.flax_to_torch(jax.device_get(steps["fm"].state.params["visah"]), config.model)
+  state_dict = visah_convert.flax_to_torch(jax.device_get(steps["fm"].state.params["visah"]), config.model)
   mirror = torch_steps.TorchSteps(rollout_config, state_dict, batch, device, bf16)
   seconds = time_interleaved({
       "torch_fm_step_s": lambda: mirror.train_step(rollout=False), "fm_step_s": steps["fm"],

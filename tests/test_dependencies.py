@@ -104,21 +104,21 @@ def test_the_text_encoder_without_pytorch_says_what_to_install(tmp_path, monkeyp
     TextEncoder(str(tmp_path), 10)
 
 
-def test_the_interop_docs_name_every_package_torch_visah_imports():
-  source = _read("avflow/interop/torch_visah.py")
+def test_the_interop_docs_name_every_package_visah_pytorch_imports():
+  source = _read("avflow/interop/visah_pytorch.py")
   tree = ast.parse(source)
   imported = {alias.name for n in ast.walk(tree) if isinstance(n, ast.Import) for alias in n.names}
   imported |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and not n.level}
   packages = {name.split(".")[0] for name in imported} - set(sys.stdlib_module_names)
   assert packages == {"torch", "safetensors"}
-  (row,) = [line for line in _read("docs/interop.md").splitlines() if line.startswith("| `torch_visah.py`")]
+  (row,) = [line for line in _read("docs/interop.md").splitlines() if line.startswith("| `visah_pytorch.py`")]
   docstring = ast.get_docstring(tree)
   for package in packages:
     assert package in row and package in docstring, package
 
 
 def test_load_export_without_safetensors_says_what_to_install(monkeypatch):
-  from avflow.interop import torch_visah
+  from avflow.interop import visah_pytorch
   monkeypatch.setitem(sys.modules, "safetensors", None)
   with pytest.raises(ImportError, match=r"pip install safetensors"):
-    torch_visah.load_export("model.safetensors")
+    visah_pytorch.load_export("model.safetensors")

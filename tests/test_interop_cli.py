@@ -1,5 +1,5 @@
 """`python -m avflow import` / `export` (avflow/commands/import_ckpt.py, export.py) and the PyTorch VisAH-FM
-highlighter (`torch_visah.VisAHFMHighlighter`) on exported weights against the Flax predict function.
+highlighter (`visah_pytorch.VisAHFMHighlighter`) on exported weights against the Flax predict function.
 
 The CLI tests go file -> `import` -> run directory -> `export` -> file and check both directions bitwise.
 """
@@ -18,8 +18,8 @@ from safetensors import safe_open
 
 import visah
 import visah_fm
-from avflow.interop import torch_visah as tv
-from avflow.interop import visah_torch as vt
+from avflow.interop import visah_pytorch as tv
+from avflow.interop import visah_convert as vt
 from avflow.interop.hf_import import load_state_dict
 from avflow.models.highlighter import Highlighter
 from avflow.train import checkpoint

@@ -2,11 +2,11 @@
 
 `--format=visah`: the VisAH network in the public Lightning layout (`{"state_dict": ...}` in a `.ckpt`, 564 keys at
 the paper scale; `.pt`/`.safetensors` hold the bare Lightning state dict), which the public code and
-`avflow.interop.torch_visah.LightningVisAH` load with `strict=True`. Only for models without time conditioning.
+`avflow.interop.visah_pytorch.LightningVisAH` load with `strict=True`. Only for models without time conditioning.
 `--format=torch`: the whole model as one `.safetensors`: `model.` + the network (time conditioning included), the
 conditioner's parameters under `frame_encoder.`/`clip.`/`clap.`, and the config as JSON in the metadata;
-`torch_visah.load_export(FILE)` rebuilds the network and `torch_visah.VisAHFMHighlighter` runs the flow, on context
-tokens the caller supplies (torch_visah has no PyTorch conditioner).
+`visah_pytorch.load_export(FILE)` rebuilds the network and `visah_pytorch.VisAHFMHighlighter` runs the flow, on context
+tokens the caller supplies (visah_pytorch has no PyTorch conditioner).
 `--random_init` exports the parameters `train` would start from (seed `config.seed`).
 `--out` is checked before anything is computed (its suffix, not a file of the run; missing folders are created)
 and written to a temporary file beside it that replaces it only when complete.
@@ -20,7 +20,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from avflow.commands import no_arguments, parse_flags  # noqa: F401  (parse_flags is used by __main__)
-from avflow.interop import torch_visah, visah_torch
+from avflow.interop import visah_pytorch, visah_convert
 from avflow.models.highlighter import Highlighter
 from avflow.outputs import check_output, staged_file
 from avflow.train import checkpoint
@@ -41,7 +41,7 @@ flags.DEFINE_string("workdir", None, "Run directory to export (its config.json a
 config_flags.DEFINE_config_file("config", None, "Config file and variant, with --random_init.", lock_config=True)
 flags.DEFINE_bool("random_init", False, "Export freshly initialized parameters of --config.")
 flags.DEFINE_enum("format", None, FORMATS, "visah: the public VisAH Lightning layout; torch: the whole model as "
-                  ".safetensors for avflow/interop/torch_visah.py.", required=True)
+                  ".safetensors for avflow/interop/visah_pytorch.py.", required=True)
 flags.DEFINE_string("out", None, "Output file (visah: .ckpt, .pt, .pth or .safetensors; torch: .safetensors); "
                     "missing folders are created.", required=True)
 
@@ -55,12 +55,12 @@ def random_params(config):
 
 def export_visah(path: str, params, config) -> None:
   with staged_file(path) as partial:
-    visah_torch.save_checkpoint(partial, params["visah"], config.model)
+    visah_convert.save_checkpoint(partial, params["visah"], config.model)
   print(f"wrote {path}: the VisAH network in the public Lightning layout")
   if config.model.latent.context_attention != "legacy_batch_axis":
     print(f"notice: this model's context encoder attends over each clip's frames "
           f"(context_attention={config.model.latent.context_attention!r}); the public code attends across the "
-          f"batch axis instead, a different function: load it into torch_visah.LightningVisAH with "
+          f"batch axis instead, a different function: load it into visah_pytorch.LightningVisAH with "
           f"latent.context_attention='frames' to reproduce it")
   rest = sorted(set(params) - {"visah"})
   if rest:
@@ -69,15 +69,15 @@ def export_visah(path: str, params, config) -> None:
 
 def export_torch(path: str, params, config) -> None:
   with staged_file(path) as partial:
-    state = visah_torch.save_torch_export(partial, params, config)
+    state = visah_convert.save_torch_export(partial, params, config)
   prefixes = collections.Counter(key.split(".", 1)[0] for key in state)
   print(f"wrote {path}: {len(state)} tensors ({', '.join(f'{k}.*: {n}' for k, n in prefixes.items())}), the "
-        f"config in its {torch_visah.EXPORT_CONFIG_KEY!r} metadata")
+        f"config in its {visah_pytorch.EXPORT_CONFIG_KEY!r} metadata")
   print(f"model.*: the VisAH network (time_conditioning={config.model.time_conditioning!r}); in PyTorch "
-        f"(avflow/interop/torch_visah.py): network, config, conditioner = torch_visah.load_export({path!r})")
+        f"(avflow/interop/visah_pytorch.py): network, config, conditioner = visah_pytorch.load_export({path!r})")
   cond = config.model.conditioning
   tokens = CONTEXT_TOKENS.get(cond.kind, "computed by avflow's conditioner").format(features_key=cond.features_key)
-  print(f"notice: torch_visah has no PyTorch conditioner: pass the context tokens (B, N, "
+  print(f"notice: visah_pytorch has no PyTorch conditioner: pass the context tokens (B, N, "
         f"{config.model.latent.context_dim}) yourself; for conditioning kind {cond.kind!r} they are {tokens}")
   if config.task == "flow" and config.inference.method != "euler":
     print(f"notice: the run integrates with {config.inference.method!r}; VisAHFMHighlighter uses Euler steps")

@@ -17,7 +17,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from avflow.commands import DEFAULT_CONFIG, no_arguments, parse_flags  # noqa: F401  (parse_flags is used by __main__)
-from avflow.interop import visah_torch
+from avflow.interop import visah_convert
 from avflow.interop.hf_import import CheckpointMismatchError, load_state_dict
 from avflow.models.highlighter import Highlighter
 from avflow.outputs import check_output, staged_folder
@@ -60,7 +60,7 @@ def main(argv):
   except ValueError as e:
     hint = "\n(on the command line: --allow_pickle)" if "allow_pickle" in str(e) else ""
     raise SystemExit(f"avflow import: {e}{hint}")
-  config = visah_torch.read_export_config(f.ckpt)
+  config = visah_convert.read_export_config(f.ckpt)
   public = config is None
   if not public and f["config"].present:
     raise SystemExit(f"avflow import: {f.ckpt} was written by `avflow export --format=torch` and carries its own "
@@ -73,10 +73,10 @@ def main(argv):
     config.model.latent.context_attention = "legacy_batch_axis"
   try:
     if public:
-      params = {"visah": visah_torch.torch_to_flax(state, config.model)}
+      params = {"visah": visah_convert.torch_to_flax(state, config.model)}
     else:
       template = abstract_params(Highlighter(config.model), config)
-      params = visah_torch.highlighter_from_torch(state, config.model, template)
+      params = visah_convert.highlighter_from_torch(state, config.model, template)
   except CheckpointMismatchError as e:
     raise SystemExit(f"avflow import: {f.ckpt}: {e}")
   with staged_folder(f.out, RUN_ENTRIES) as partial:

@@ -17,7 +17,7 @@ Derived buffers (`position_ids`, `relative_position_index`, `num_batches_tracked
 parameters and are skipped. Loading is all-or-nothing: every missing, unexpected and
 mis-shaped tensor is collected and reported in ONE `CheckpointMismatchError`.
 `export_state_dict` goes the other way; `load_state_dict` reads any `.safetensors` or torch
-checkpoint file (also used for VisAH by `avflow.interop.visah_torch`), `load_pretrained` a file or a
+checkpoint file (also used for VisAH by `avflow.interop.visah_convert`), `load_pretrained` a file or a
 transformers `save_pretrained` folder (sharded or not).
 """
 import json

@@ -1,8 +1,8 @@
 """The PyTorch mirror's train steps and highlight as PyTorch users run them (`python -m avflow bench --what=torch`).
 
 Eager PyTorch on one device; on CUDA with TF32 matmuls and convolutions (`use_tf32`), optionally under bf16
-autocast. The objective is avflow's (`avflow.flow.objectives`) on the same network (`torch_visah`, the weights
-converted by `visah_torch.flax_to_torch`):
+autocast. The objective is avflow's (`avflow.flow.objectives`) on the same network (`visah_pytorch`, the weights
+converted by `visah_convert.flax_to_torch`):
 
   L = w_fm·mean‖v(x_t, t, c) − (x1 − x0)‖² + λ·mean‖x̂_H − x_{(k+H)/N}‖²,   x_t = (1 − t)·x0 + t·x1,
 
@@ -17,7 +17,7 @@ from typing import Mapping, Optional
 import numpy as np
 import torch
 
-from avflow.interop import torch_visah
+from avflow.interop import visah_pytorch
 
 
 def use_tf32() -> None:
@@ -38,10 +38,10 @@ class TorchSteps:
       raise ValueError("the PyTorch steps cover FM (unweighted, no bridge noise) and rollout terms only")
     self.objective = objective
     self.device = torch.device(device)
-    self.model = torch_visah.build_visah(config.model.to_dict())
+    self.model = visah_pytorch.build_visah(config.model.to_dict())
     self.model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, strict=True)
     self.model.to(self.device).train()
-    self.highlighter = torch_visah.VisAHFMHighlighter(self.model, warm_start=config.model.warm_start)
+    self.highlighter = visah_pytorch.VisAHFMHighlighter(self.model, warm_start=config.model.warm_start)
     opt = config.optimizer
     self.optimizer = torch.optim.Adam(self.model.parameters(), lr=opt.learning_rate, betas=(opt.b1, opt.b2),
                                       eps=opt.eps)

@@ -2,7 +2,7 @@
 
 `flax_to_torch(params, cfg)` turns the parameters of `avflow.models.visah.VisAH` into the
 `state_dict` of the public `HDemucsRemixer` (the VisAH Lightning checkpoint without its
-`model.` prefix; `avflow.interop.torch_visah` builds the same network in PyTorch), and
+`model.` prefix; `avflow.interop.visah_pytorch` builds the same network in PyTorch), and
 `torch_to_flax(state_dict, cfg)` goes back, strictly. The key map is derived from the Flax
 tree itself (`jax.eval_shape` of the model's init), so every leaf is accounted for:
 
@@ -38,7 +38,7 @@ The whole `Highlighter` (`avflow export --format=torch`): `highlighter_to_torch`
 `model.` + the network keys above (time conditioning included) and each conditioner subtree
 under its Flax name (`frame_encoder.`, `clip.`, `clap.`) with `hf_import`'s transformers
 names; `save_torch_export` writes it as one `.safetensors` with the avflow config as JSON in
-its metadata (`torch_visah.EXPORT_CONFIG_KEY`), which `torch_visah.load_export` reads.
+its metadata (`visah_pytorch.EXPORT_CONFIG_KEY`), which `visah_pytorch.load_export` reads.
 """
 import json
 import re
@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from flax import traverse_util
 
-from avflow.interop import hf_import, torch_visah
+from avflow.interop import hf_import, visah_pytorch
 from avflow.interop.hf_import import CheckpointMismatchError, load_state_dict, to_numpy
 from avflow.models.visah import VisAH
 
@@ -151,8 +151,8 @@ def _pe_buffers(cfg: ml_collections.ConfigDict) -> Dict[str, np.ndarray]:
   """The two persistent `PositionalEncoding` tables of the latent transformer, as PyTorch
   computes them (so that an exported file holds exactly the public code's buffers)."""
   inner = cfg.latent.n_heads * cfg.latent.d_head
-  bottleneck = torch_visah.layer_plan(cfg)[-1]["chout"]
-  return {f"latent_transformer.{name}.pe": torch_visah.PositionalEncoding(d, PE_ROWS).pe.numpy()
+  bottleneck = visah_pytorch.layer_plan(cfg)[-1]["chout"]
+  return {f"latent_transformer.{name}.pe": visah_pytorch.PositionalEncoding(d, PE_ROWS).pe.numpy()
           for name, d in (("pe", bottleneck), ("pe_context", inner))}
 
 
@@ -164,7 +164,7 @@ def flax_to_torch(params: Mapping[str, Any],
                   cfg: ml_collections.ConfigDict) -> Dict[str, np.ndarray]:
   """`VisAH(cfg)` parameters -> the public `HDemucsRemixer` state dict (numpy, no prefix).
 
-  Keys are ordered as `torch_visah.build_visah(cfg).state_dict()`; with the paper config
+  Keys are ordered as `visah_pytorch.build_visah(cfg).state_dict()`; with the paper config
   these are the 561 `model.`-stripped keys of the released checkpoint.
   """
   cfg = ml_collections.ConfigDict(cfg)
@@ -192,9 +192,9 @@ def flax_to_torch(params: Mapping[str, Any],
 
 
 def _torch_key_order(cfg: ml_collections.ConfigDict) -> Dict[str, int]:
-  """Rank of each key in `torch_visah.build_visah(cfg).state_dict()` (built on no device)."""
+  """Rank of each key in `visah_pytorch.build_visah(cfg).state_dict()` (built on no device)."""
   with torch.device("meta"):
-    return {k: i for i, k in enumerate(torch_visah.build_visah(cfg).state_dict())}
+    return {k: i for i, k in enumerate(visah_pytorch.build_visah(cfg).state_dict())}
 
 
 def strip_lightning_prefix(state_dict: Mapping[str, Any]) -> Dict[str, Any]:
@@ -259,7 +259,7 @@ def save_checkpoint(path: str, params: Mapping[str, Any], cfg: ml_collections.Co
   public training and inference scripts load); `.pt`/`.pth`: the bare Lightning state dict.
   """
   state = {k: torch.from_numpy(v) for k, v in flax_to_torch(params, cfg).items()}
-  full = {k: v.contiguous() for k, v in torch_visah.lightning_state_dict(state).items()}
+  full = {k: v.contiguous() for k, v in visah_pytorch.lightning_state_dict(state).items()}
   if path.endswith(".safetensors"):
     from safetensors.torch import save_file
     save_file(full, path, metadata={"format": "pt"})
@@ -330,7 +330,7 @@ def save_torch_export(path: str, params: Mapping[str, Any],
   from safetensors.numpy import save_file
   state = highlighter_to_torch(params, config.model)
   save_file(state, path, metadata={"format": "pt",
-                                   torch_visah.EXPORT_CONFIG_KEY: config.to_json_best_effort()})
+                                   visah_pytorch.EXPORT_CONFIG_KEY: config.to_json_best_effort()})
   return state
 
 
@@ -341,6 +341,6 @@ def read_export_config(path: str) -> Optional[ml_collections.ConfigDict]:
   from safetensors import safe_open
   with safe_open(path, framework="np") as f:
     metadata = f.metadata() or {}
-  if torch_visah.EXPORT_CONFIG_KEY not in metadata:
+  if visah_pytorch.EXPORT_CONFIG_KEY not in metadata:
     return None
-  return ml_collections.ConfigDict(json.loads(metadata[torch_visah.EXPORT_CONFIG_KEY]))
+  return ml_collections.ConfigDict(json.loads(metadata[visah_pytorch.EXPORT_CONFIG_KEY]))

@@ -1,6 +1,6 @@
-"""VisAH checkpoint conversion (`avflow/interop/visah_torch.py`) and Flax <-> PyTorch parity.
+"""VisAH checkpoint conversion (`avflow/interop/visah_convert.py`) and Flax <-> PyTorch parity.
 
-The PyTorch side is `avflow/interop/torch_visah.py`, the public VisAH network in the public
+The PyTorch side is `avflow/interop/visah_pytorch.py`, the public VisAH network in the public
 checkpoint layout. Parity runs the Flax model on weights converted from random PyTorch ones.
 """
 import json
@@ -14,8 +14,8 @@ import pytest
 import torch
 from flax import traverse_util
 
-from avflow.interop import torch_visah as tv
-from avflow.interop import visah_torch as vt
+from avflow.interop import visah_pytorch as tv
+from avflow.interop import visah_convert as vt
 from avflow.interop.hf_import import CheckpointMismatchError
 from avflow.models import presets
 from avflow.models.latent import ContextEncoderLayer

@@ -1,4 +1,4 @@
-"""The self-contained PyTorch VisAH / VisAH-FM module (`avflow/interop/torch_visah.py`)."""
+"""The self-contained PyTorch VisAH / VisAH-FM module (`avflow/interop/visah_pytorch.py`)."""
 import json
 import math
 import os
@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from avflow.interop import torch_visah as tv
+from avflow.interop import visah_pytorch as tv
 from avflow.models import presets
 
 SHAPES_JSON = os.path.join(os.path.dirname(__file__), "data", "visah_state_dict_shapes.json")

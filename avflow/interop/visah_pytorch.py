@@ -26,7 +26,7 @@ model so that any `nfft` fits (see `layer_plan`).
 VisAH-FM (`time_conditioning != "none"`) adds keys under `time_embed.` only: the flow time
 becomes one extra context token of the latent transformer and, optionally, a bias in every
 encoder layer; `VisAHFMHighlighter` integrates the flow. The layout and numerics match
-`avflow.models.visah.VisAH`, whose parameters `avflow.interop.visah_torch` converts.
+`avflow.models.visah.VisAH`, whose parameters `avflow.interop.visah_convert` converts.
 
 `LightningVisAH` has the state layout of the public Lightning module (the 564-key `.ckpt`
 that `python -m avflow export --format=visah` writes loads into it with `strict=True`);
