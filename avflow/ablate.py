@@ -20,7 +20,7 @@ import numpy as np
 from avflow.configs_lib import set_field, shipped_configs_dir
 from avflow.data.pipeline import make_source
 from avflow.metrics.signal import paper_display
-from avflow.models.highlighter import Highlighter, describe_conditioning
+from avflow.models.visah.highlighter import Highlighter, describe_conditioning
 from avflow.report.paper_tables import METRICS, TABLES
 from avflow.train import checkpoint
 from avflow.train.evaluate import evaluate

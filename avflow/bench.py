@@ -21,7 +21,7 @@ from jax.extend import core
 from avflow import compile_cache
 from avflow.flow.objectives import REMAT_POLICIES
 from avflow.inference import WINDOW_HOP
-from avflow.models.highlighter import Highlighter
+from avflow.models.visah.highlighter import Highlighter
 from avflow.train.state import abstract_batch, create_train_state, make_optimizer
 from avflow.train.step import jit, make_predict_fn, make_train_step
 

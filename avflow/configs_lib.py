@@ -11,7 +11,7 @@ import ml_collections
 
 from avflow.flow.objectives import ObjectiveConfig
 from avflow.metrics import semantic, signal
-from avflow.models import presets
+from avflow.models.visah import presets
 
 CONFIGS_PACKAGE = "avflow_configs"  # what `configs/` installs as (setup.py), so an installed avflow finds its configs
 

@@ -17,7 +17,7 @@ import scipy.interpolate
 
 from avflow.data.remix import integrated_loudness
 
-from avflow.models.highlighter import Highlighter
+from avflow.models.visah.highlighter import Highlighter
 from avflow.train import checkpoint
 from avflow.train.step import jit, make_predict_fn
 

@@ -9,7 +9,7 @@ import visah_fm
 from conftest import ROOT, tiny
 
 from avflow import ablate
-from avflow.models.highlighter import describe_conditioning
+from avflow.models.visah.highlighter import describe_conditioning
 from avflow.report.paper_tables import TABLES
 
 

@@ -17,7 +17,7 @@ from avflow.data.pipeline import make_source
 from avflow.metrics import loudness
 from avflow.metrics import semantic as sem
 from avflow.metrics import signal
-from avflow.models.highlighter import Highlighter
+from avflow.models.visah.highlighter import Highlighter
 from avflow.train import checkpoint
 from avflow.train.evaluate import evaluate, run_predictions
 from avflow.train.loop import train

@@ -2,7 +2,7 @@
 
 Layer parity uses small PyTorch reference modules written here from the description of the
 public demucs / VisAH code (`DConv`, `BLSTM` with its windowing, `LocalState`); weights are
-copied from the Flax parameters with the key mapping of the `avflow.models.hdemucs` docstring
+copied from the Flax parameters with the key mapping of the `avflow.models.visah.hdemucs` docstring
 (`to_torch_state` below). Model-level tests run on the `toy` preset with short clips, shapes
 and parameter counts of the `paper` preset use `jax.eval_shape` only.
 """
@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from flax import traverse_util
 from torch import nn as tnn
 
-from avflow.models.hdemucs import HDemucsRemixer, unet_plan
-from avflow.models.presets import model_config
-from avflow.models.visah import VisAH
+from avflow.models.visah.hdemucs import HDemucsRemixer, unet_plan
+from avflow.models.visah.presets import model_config
+from avflow.models.visah.network import VisAH
 from avflow.nn.demucs_layers import (BiLSTM, BLSTM, Conv, ConvTranspose, conv, conv_fn, DConv, LocalState,
                                      ScaledEmbedding, resolve_conv_impl)
 from avflow.nn.stft import hybrid_ispec, hybrid_spec
@@ -34,7 +34,7 @@ def n_params(tree):
 
 
 def to_torch_state(params, prefix=""):
-  """Flax params -> PyTorch state dict (numpy), by the mapping of `avflow.models.hdemucs`."""
+  """Flax params -> PyTorch state dict (numpy), by the mapping of `avflow.models.visah.hdemucs`."""
   flat = traverse_util.flatten_dict(params)
   out = {}
   for path, value in flat.items():

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from avflow.models.highlighter import Highlighter, frozen_prefixes
+from avflow.models.visah.highlighter import Highlighter, frozen_prefixes
 from avflow.train.state import abstract_batch
 
 

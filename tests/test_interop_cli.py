@@ -21,7 +21,7 @@ import visah_fm
 from avflow.interop import visah_pytorch as tv
 from avflow.interop import visah_convert as vt
 from avflow.interop.hf_import import load_state_dict
-from avflow.models.highlighter import Highlighter
+from avflow.models.visah.highlighter import Highlighter
 from avflow.train import checkpoint
 from avflow.train.loop import merge_params
 from avflow.train.state import abstract_params

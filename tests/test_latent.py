@@ -3,7 +3,7 @@
 PyTorch parity uses small reference modules written here after the public VisAH
 `AV_Transformer` (GroupNorm + Conv1d in/out, DETR-style pre-LN context encoder built on
 `torch.nn.MultiheadAttention`, latent-diffusion `BasicTransformerBlock`s); weights are copied
-from the Flax params with the key mapping documented in `avflow/models/latent.py`.
+from the Flax params with the key mapping documented in `avflow/models/visah/latent.py`.
 """
 import math
 import re
@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn as tnn
 
 from avflow.models.frames import TinyFrameEncoder
-from avflow.models.latent import AVLatentTransformer
-from avflow.models.presets import model_config
+from avflow.models.visah.latent import AVLatentTransformer
+from avflow.models.visah.presets import model_config
 from avflow.nn.attention import GEGLUFeedForward, MultiheadAttention
 from avflow.nn.embeddings import sinusoidal_positions, timestep_embedding
 
@@ -55,7 +55,7 @@ def inputs(b=2, t=7, n=5, seed=0, cfg=None):
 
 
 # ---------------------------------------------------------------------------------------------
-# Flax -> PyTorch key mapping (the table in the `avflow.models.latent` docstring).
+# Flax -> PyTorch key mapping (the table in the `avflow.models.visah.latent` docstring).
 
 def _torch_key(path):
   name = "/".join(path)

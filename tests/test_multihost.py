@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from avflow.data.pipeline import device_batch, make_dataset, make_source
-from avflow.models.highlighter import Highlighter
+from avflow.models.visah.highlighter import Highlighter
 from avflow.train import checkpoint, distributed
 from avflow.train.state import create_train_state, make_optimizer
 from avflow.train.step import make_train_step

@@ -6,7 +6,7 @@ import pytest
 from jax.extend import core
 
 from avflow.data.pipeline import device_batch, make_dataset, make_source
-from avflow.models.highlighter import Highlighter
+from avflow.models.visah.highlighter import Highlighter
 from avflow.train import precision
 from avflow.train.state import create_train_state, make_optimizer
 from avflow.train.step import make_loss_fn, make_train_step

@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 from avflow.interop import hf_import
 from avflow.models import clap, clip
-from avflow.models.highlighter import Highlighter
+from avflow.models.visah.highlighter import Highlighter
 from avflow.train import checkpoint, pretrained
 from avflow.train.loop import train
 from avflow.train.state import abstract_batch, create_train_state, make_optimizer

@@ -69,7 +69,7 @@ def test_rules_match_state_paths_first_match_wins():
 
 
 def test_default_config_shards_every_large_tensor_including_frozen_encoders():
-  from avflow.models.highlighter import Highlighter
+  from avflow.models.visah.highlighter import Highlighter
   from avflow.train.state import abstract_params
   config = micro_config(**{"mesh.fsdp_min_size": 1024})
   config.model.conditioning.kind = "clip"
@@ -86,7 +86,7 @@ def test_default_config_shards_every_large_tensor_including_frozen_encoders():
 def _mesh_check() -> dict:
   """Runs one train step on one device and on each mesh of MESHES; returns the largest differences."""
   from avflow.data.pipeline import device_batch, make_dataset, make_source
-  from avflow.models.highlighter import Highlighter
+  from avflow.models.visah.highlighter import Highlighter
   from avflow.train.state import create_train_state, make_optimizer
   from avflow.train.step import make_train_step
 

@@ -195,7 +195,7 @@ def _caption_run(workdir, row: str) -> str:
   import jax
   import jax.numpy as jnp
   import visah_fm
-  from avflow.models.highlighter import Highlighter
+  from avflow.models.visah.highlighter import Highlighter
   from avflow.train import checkpoint
   from avflow.train.state import abstract_batch
 

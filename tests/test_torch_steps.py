@@ -8,7 +8,7 @@ from avflow import bench
 from avflow.flow.objectives import flow_matching_loss, rollout_loss
 from avflow.interop.torch_steps import TorchSteps
 from avflow.interop.visah_convert import flax_to_torch
-from avflow.models.highlighter import Highlighter
+from avflow.models.visah.highlighter import Highlighter
 from avflow.train.state import create_train_state, make_optimizer
 
 

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from avflow.data.pipeline import device_batch, make_dataset, make_source
-from avflow.models.highlighter import Highlighter, frozen_prefixes
+from avflow.models.visah.highlighter import Highlighter, frozen_prefixes
 from avflow.train import checkpoint
 from avflow.train.loop import NonFiniteError, train
 from avflow.train.state import abstract_batch, create_train_state, make_optimizer

@@ -17,9 +17,9 @@ from flax import traverse_util
 from avflow.interop import visah_pytorch as tv
 from avflow.interop import visah_convert as vt
 from avflow.interop.hf_import import CheckpointMismatchError
-from avflow.models import presets
-from avflow.models.latent import ContextEncoderLayer
-from avflow.models.visah import VisAH
+from avflow.models.visah import presets
+from avflow.models.visah.latent import ContextEncoderLayer
+from avflow.models.visah.network import VisAH
 from avflow.nn import demucs_layers as dl
 from avflow.nn import stft as jstft
 

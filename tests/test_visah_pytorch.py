@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from avflow.interop import visah_pytorch as tv
-from avflow.models import presets
+from avflow.models.visah import presets
 
 SHAPES_JSON = os.path.join(os.path.dirname(__file__), "data", "visah_state_dict_shapes.json")
 PAPER_PARAMS = 59_956_090  # the public VContextEnc3 checkpoint

@@ -11,7 +11,7 @@ from absl import flags
 
 from avflow.commands import no_arguments, parse_flags  # noqa: F401
 from avflow.data.pipeline import make_source
-from avflow.models.highlighter import Highlighter
+from avflow.models.visah.highlighter import Highlighter
 from avflow.train import checkpoint
 from avflow.train.evaluate import check_semantic, evaluate
 from avflow.train.step import jit, make_predict_fn

@@ -21,7 +21,7 @@ from ml_collections import config_flags
 
 from avflow.commands import no_arguments, parse_flags  # noqa: F401  (parse_flags is used by __main__)
 from avflow.interop import visah_pytorch, visah_convert
-from avflow.models.highlighter import Highlighter
+from avflow.models.visah.highlighter import Highlighter
 from avflow.outputs import check_output, staged_file
 from avflow.train import checkpoint
 from avflow.train.state import abstract_batch, create_train_state

@@ -19,7 +19,7 @@ from ml_collections import config_flags
 from avflow.commands import DEFAULT_CONFIG, no_arguments, parse_flags  # noqa: F401  (parse_flags is used by __main__)
 from avflow.interop import visah_convert
 from avflow.interop.hf_import import CheckpointMismatchError, load_state_dict
-from avflow.models.highlighter import Highlighter
+from avflow.models.visah.highlighter import Highlighter
 from avflow.outputs import check_output, staged_folder
 from avflow.train.checkpoint import CONFIG_FILE, RUN_ENTRIES, Checkpointer, save_config
 from avflow.train.state import abstract_params

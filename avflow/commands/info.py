@@ -5,7 +5,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from avflow.commands import DEFAULT_CONFIG, no_arguments, parse_flags  # noqa: F401
-from avflow.models.highlighter import Highlighter, frozen_prefixes
+from avflow.models.visah.highlighter import Highlighter, frozen_prefixes
 from avflow.train.partition import frozen_mask
 from avflow.train.state import abstract_params
 

@@ -1,6 +1,6 @@
 """VisAH parameters between avflow's Flax tree and the public PyTorch checkpoint layout.
 
-`flax_to_torch(params, cfg)` turns the parameters of `avflow.models.visah.VisAH` into the
+`flax_to_torch(params, cfg)` turns the parameters of `avflow.models.visah.network.VisAH` into the
 `state_dict` of the public `HDemucsRemixer` (the VisAH Lightning checkpoint without its
 `model.` prefix; `avflow.interop.visah_pytorch` builds the same network in PyTorch), and
 `torch_to_flax(state_dict, cfg)` goes back, strictly. The key map is derived from the Flax
@@ -53,7 +53,7 @@ from flax import traverse_util
 
 from avflow.interop import hf_import, visah_pytorch
 from avflow.interop.hf_import import CheckpointMismatchError, load_state_dict, to_numpy
-from avflow.models.visah import VisAH
+from avflow.models.visah.network import VisAH
 
 LIGHTNING_PREFIX = "model."
 LOSS_PREFIX = "mr_stft_loss."
@@ -173,7 +173,7 @@ def flax_to_torch(params: Mapping[str, Any],
   if unknown:
     raise CheckpointMismatchError(
         f"unknown top-level Flax parameters {unknown}: pass the parameters of "
-        f"`avflow.models.visah.VisAH` (the `visah` subtree of a Highlighter)")
+        f"`avflow.models.visah.network.VisAH` (the `visah` subtree of a Highlighter)")
   flat = traverse_util.flatten_dict(params)
   expected = key_map(_abstract_params(cfg))
   by_path = {path: key for key, (path, _) in expected.items()}

@@ -16,7 +16,7 @@ as that code behaves:
   its frames) or "legacy_batch_axis" (the public code's `batch_first=False` misuse: attention
   across the batch axis, separately for each frame index).
 
-`build_visah(cfg)` takes the same fields as `avflow.models.presets.model_config` (a plain
+`build_visah(cfg)` takes the same fields as `avflow.models.visah.presets.model_config` (a plain
 dict or a ConfigDict). With the paper config, `model.state_dict()` has exactly the 561 keys
 and shapes of the released Lightning checkpoint after removing the `model.` prefix;
 `lightning_state_dict` adds the prefix and the three `mr_stft_loss` windows (564 keys).
@@ -26,7 +26,7 @@ model so that any `nfft` fits (see `layer_plan`).
 VisAH-FM (`time_conditioning != "none"`) adds keys under `time_embed.` only: the flow time
 becomes one extra context token of the latent transformer and, optionally, a bias in every
 encoder layer; `VisAHFMHighlighter` integrates the flow. The layout and numerics match
-`avflow.models.visah.VisAH`, whose parameters `avflow.interop.visah_convert` converts.
+`avflow.models.visah.network.VisAH`, whose parameters `avflow.interop.visah_convert` converts.
 
 `LightningVisAH` has the state layout of the public Lightning module (the 564-key `.ckpt`
 that `python -m avflow export --format=visah` writes loads into it with `strict=True`);

@@ -21,7 +21,7 @@ import tqdm
 
 from avflow.data.pipeline import device_batch, make_dataset, make_source
 from avflow.errors import AvflowError, RunExistsError
-from avflow.models.highlighter import Highlighter
+from avflow.models.visah.highlighter import Highlighter
 from avflow.train import checkpoint, distributed, pretrained, sharding
 from avflow.train.evaluate import evaluate
 from avflow.train.state import TrainState, check_batch, create_train_state, make_optimizer

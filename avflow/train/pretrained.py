@@ -18,7 +18,7 @@ import jax
 
 from avflow.errors import AvflowError
 from avflow.interop import hf_import
-from avflow.models.highlighter import frozen_prefixes, pretrained_encoders
+from avflow.models.visah.highlighter import frozen_prefixes, pretrained_encoders
 from avflow.train.partition import frozen_mask
 
 IMPORTERS = {"clip": hf_import.import_clip, "clap": hf_import.import_clap}

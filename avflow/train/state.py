@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from avflow.models.highlighter import frozen_prefixes
+from avflow.models.visah.highlighter import frozen_prefixes
 from avflow.train.flat_optimizer import FlatOptimizer
 
 

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from avflow import flow
-from avflow.models.highlighter import Highlighter
+from avflow.models.visah.highlighter import Highlighter
 from avflow.train import precision
 from avflow.train.losses import multi_resolution_stft_loss
 from avflow.train.flat_optimizer import FlatOptimizer

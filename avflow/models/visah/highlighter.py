@@ -19,7 +19,7 @@ import ml_collections
 from avflow.models.clap import CLAPAudio, clap_config
 from avflow.models.clip import CLIPVision, clip_config
 from avflow.models.frames import TinyFrameEncoder
-from avflow.models.visah import VisAH
+from avflow.models.visah.network import VisAH
 
 CONDITIONINGS = ("frames_tiny", "features", "clip", "clip_adapter")
 MODALITIES = ("audio", "text")

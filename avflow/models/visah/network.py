@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import ml_collections
 
-from avflow.models.hdemucs import HDemucsRemixer
+from avflow.models.visah.hdemucs import HDemucsRemixer
 from avflow.nn.embeddings import timestep_embedding
 
 

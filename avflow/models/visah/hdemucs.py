@@ -43,7 +43,7 @@ LSTM tensors unchanged; `freq_emb/embedding` -> `freq_emb.embedding.weight`.
 | decoder_{j}/{conv_tr,rewrite,norm1,norm2}      | decoder.{j}.{conv_tr,rewrite,norm1,norm2}      |
 | tdecoder_{j}/{conv_tr,rewrite,norm2}           | tdecoder.{j}.{conv_tr,rewrite,norm2}           |
 | freq_emb/embedding                             | freq_emb.embedding.weight (stored / emb_scale) |
-| latent_transformer/...                         | latent_transformer.... (`avflow.models.latent`) |
+| latent_transformer/...                         | latent_transformer.... (`avflow.models.visah.latent`) |
 
 Extra parameters with no PyTorch counterpart (only with
 `time_conditioning == "latent_token+encoder"`): `encoder_time_{i}` and `tencoder_time_{i}`,
@@ -57,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from avflow.models.latent import AVLatentTransformer
+from avflow.models.visah.latent import AVLatentTransformer
 from avflow.nn.demucs_layers import (Conv, ConvTranspose, DConv, ScaledEmbedding, gelu, glu,
                                      group_norm)
 from avflow.nn.stft import hybrid_ispec, hybrid_spec
