@@ -25,6 +25,7 @@ from avflow.report.paper_tables import METRICS, TABLES
 from avflow.train import checkpoint
 from avflow.train.evaluate import evaluate
 from avflow.train.loop import train
+from avflow.train.state import check_batch
 from avflow.train.step import jit, make_predict_fn
 
 TRAIN_TIME_FILE = "train_time.json"
@@ -177,10 +178,15 @@ def run_table(table: str, scale: str, seeds: list[int], root: str, total_steps: 
   Returns {row: {seed: eval report}}, wall times, the run each row × seed was evaluated from and each row's
   conditioning.
   """
-  results, wall, runs, conditioning = {}, {}, {}, {}
+  results, wall, runs, conditioning, not_run = {}, {}, {}, {}, {}
   for row in table_rows(table, scale):
     config = load_config(row, overrides)
     conditioning[row.key] = describe_conditioning(config.model)
+    reason = _missing_inputs(config)
+    if reason:
+      print(f"row {row.label!r} not run at {scale} scale: {reason}")
+      not_run[row.key] = reason
+      continue
     if total_steps is not None:
       config.total_steps = total_steps
       config.eval_every = config.checkpoint_every = total_steps
@@ -213,7 +219,17 @@ def run_table(table: str, scale: str, seeds: list[int], root: str, total_steps: 
       wall[f"{row.variant}/{seed}"] = {"train_s": _stored_train_seconds(workdir), "eval_s": time.time() - start,
                                        "reused": reused}
       runs[f"{row.variant}/{seed}"] = workdir
-  return {"results": results, "wall_s": wall, "runs": runs, "conditioning": conditioning}
+  return {"results": results, "wall_s": wall, "runs": runs, "conditioning": conditioning, "not_run": not_run}
+
+
+def _missing_inputs(config) -> str | None:
+  """Why the row's data cannot feed its conditioning (e.g. captions on the toy movies, which have none), else None."""
+  clip = make_source(config.data, "train")[0]
+  try:
+    check_batch(config, {k: np.asarray(v)[None] for k, v in clip.items() if k != "clip_id"})
+  except ValueError as e:
+    return str(e)
+  return None
 
 
 def _mean_std(values):
@@ -228,6 +244,11 @@ def summarize(table: str, scale: str, seeds: list[int], run: dict, root: str) ->
   and the run (relative to the runs `root`) each seed was evaluated from."""
   rows = {}
   for row in table_rows(table, scale):
+    if row.key in run["not_run"]:
+      rows[row.key] = {"label": row.label, "config": f"configs/{row.config_file}:{row.variant}",
+                       "conditioning": run["conditioning"][row.key], "not_run": run["not_run"][row.key],
+                       "paper": {m: row.paper.get(m) for m in METRICS}}
+      continue
     reports = run["results"][row.key]
     ours = {}
     for metric in METRICS:  # IB and KLD only where eval.semantic computed them
@@ -278,6 +299,10 @@ def markdown(summary: dict) -> str:
            "| Was paper |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in s["rows"].values():
+    if "not_run" in r:
+      lines.append(f"| {r['label']} | `{r['config']}` | not run at this scale: {r['not_run']} |"
+                   + " |" * 8 + " " + " | ".join(_fmt(r["paper"][m]) for m in METRICS) + " |")
+      continue
     o = r["ours"]
     cos = "—" if r["cosine_per_step"] is None else " / ".join(f"{c:.3f}" for c in r["cosine_per_step"])
     curv = "—" if r["curvature"] is None else f"{r['curvature']:.3f}"
@@ -286,7 +311,7 @@ def markdown(summary: dict) -> str:
                  f"| {per_seed} | "
                  + " | ".join(_fmt(*o[m]) for m in ("mag", "env", "was"))
                  + f" | {cos} | {curv} | " + " | ".join(_fmt(r["paper"][m]) for m in METRICS) + " |")
-  first = next(iter(s["rows"].values()))["input"]
+  first = next(r for r in s["rows"].values() if "not_run" not in r)["input"]
   lines += ["", "Input (unprocessed x0): " + ", ".join(f"{m} {_fmt(first[m])}" for m in METRICS),
             "", _wall_line(s["wall_s"])]
   return "\n".join(lines) + "\n"

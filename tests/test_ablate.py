@@ -162,3 +162,26 @@ def test_summary_shows_kld_and_ib_where_the_evaluation_computed_them():
   va = next(l for l in lines if l.startswith("| VisAH-FM (CLIP-CLAP) |")).split(" | ")
   clip = next(l for l in lines if l.startswith("| VisAH CLIP |")).split(" | ")
   assert va[2:5] == ["29.12 ± 0.00", "9.70 ± 0.00", "5.00 ± 0.00"] and clip[2:4] == ["—", "—"]
+
+
+def test_rows_whose_inputs_the_data_lacks_are_listed_as_not_run():
+  """Table 2's caption rows need T5 features, which the toy movies do not carry: they are named, with the reason,
+  and the rest of the table runs."""
+  rows = {row.key: row for row in ablate.table_rows("2", "toy")}
+  for key in ("vt", "vta", "t"):
+    reason = ablate._missing_inputs(ablate.load_config(rows[key]))
+    assert reason and "`text`" in reason and "toy_movies" in reason, (key, reason)
+  for key in ("v", "va"):
+    assert ablate._missing_inputs(ablate.load_config(rows[key])) is None, key
+  run = {"results": {}, "wall_s": {}, "runs": {}, "conditioning": {k: "?" for k in rows},
+         "not_run": {k: "no captions" for k in rows}}
+  summary = ablate.summarize("2", "toy", [0], run, "/runs")
+  summary["rows"]["v"] = {**summary["rows"]["v"], "ours": {m: (1.0, None) for m in ("ib", "kld", "ldif", "mag", "env",
+                                                                                   "was")}}
+  del summary["rows"]["v"]["not_run"]
+  summary["rows"]["v"].update(ldif_per_seed={0: 1.0}, cosine_per_step=None, curvature=None,
+                              input={m: 9.0 for m in ("ib", "kld", "ldif", "mag", "env", "was")})
+  text = ablate.markdown(summary)
+  line = next(l for l in text.splitlines() if l.startswith(f"| {rows['t'].label} |"))
+  assert "not run at this scale: no captions" in line and line.count("|") == text.splitlines()[6].count("|")
+  assert "Input (unprocessed x0): ib 9.00" in text
