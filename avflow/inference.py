@@ -15,8 +15,7 @@ import librosa
 import numpy as np
 import scipy.interpolate
 
-from avflow.data.remix import integrated_loudness
-
+from avflow.metrics.loudness import integrated_loudness
 from avflow.models.visah.highlighter import Highlighter
 from avflow.train import checkpoint
 from avflow.train.step import jit, make_predict_fn

@@ -14,7 +14,7 @@ from PIL import Image
 
 from avflow import configs_lib
 from avflow.data import pipeline, records, video
-from avflow.data.remix import stem_loudness
+from avflow.metrics.loudness import stem_loudness
 from avflow.outputs import OutputError
 from test_video import make_video, picture, tone
 

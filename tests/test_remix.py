@@ -3,8 +3,8 @@ import numpy as np
 import pyloudnorm
 import pytest
 
-from avflow.data.remix import (DEFAULT_DB, ONE_DB, SOURCES, fixed_rng, integrated_loudness,
-                               muddy_remix, stem_loudness)
+from avflow.data.remix import DEFAULT_DB, ONE_DB, fixed_rng, muddy_remix
+from avflow.metrics.loudness import SOURCES, integrated_loudness, stem_loudness
 
 SR = 16000
 LIMIT = 10.0 ** (-0.5 / 20.0)

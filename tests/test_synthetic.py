@@ -4,7 +4,8 @@ import time
 import numpy as np
 import pytest
 
-from avflow.data.remix import SOURCES, muddy_remix, stem_loudness
+from avflow.data.remix import muddy_remix
+from avflow.metrics.loudness import SOURCES, stem_loudness
 from avflow.data.synthetic import BAND_EDGE_OCTAVES, BANDS, ToyMovies
 
 SR = 16000

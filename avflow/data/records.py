@@ -40,7 +40,7 @@ Every clip is read as mono float32 at the target rate (channels averaged and sox
 start; the last, shorter piece is zero-padded when it lasts at least `min_seconds` and dropped
 otherwise. Frames are the 1-fps frames with CLIP's geometry (`video.clip_frame`), the window's
 `round(clip_seconds)` frames (the last one repeated where the clip runs out). Per-stem BS.1770
-loudness is computed once per window with the generator's rules (`remix.stem_loudness`) and stored,
+loudness is computed once per window with the generator's rules (`metrics.loudness.stem_loudness`) and stored,
 so the training pipeline never re-measures it; a silent stem has -inf LUFS and the remix leaves it
 at gain 0.
 
@@ -68,7 +68,7 @@ from tqdm import tqdm
 
 from avflow import outputs
 from avflow.data import video as video_lib
-from avflow.data.remix import SOURCES, stem_loudness
+from avflow.metrics.loudness import SOURCES, stem_loudness
 
 NAME = "muddy_mix"
 LAYOUTS = ("muddy_mix", "video_stems")

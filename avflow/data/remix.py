@@ -19,33 +19,12 @@ Table 5 draws one remix per clip. The public VisAH generator's rules, followed h
 import hashlib
 
 import numpy as np
-import pyloudnorm
 
-SOURCES = ("speech", "music", "effects")
+from avflow.metrics.loudness import SOURCES, stem_loudness
+
 DEFAULT_DB = ((-12, -9, -6), (6, 9, 12))
 # The public metadata (`metadata_onedb.csv`) uses a single strength level of 12 dB.
 ONE_DB = ((-12,), (12,))
-BLOCK_SECONDS = 0.4
-
-
-def integrated_loudness(x, sr: int) -> float:
-  """BS.1770 integrated loudness in LUFS of a mono signal; -inf for silent or empty input.
-
-  Uses a 0.4-s gating block, or the whole clip as one block when it is shorter, like the public
-  generator.
-  """
-  x = np.asarray(x, dtype=np.float64).reshape(-1)
-  if x.size == 0 or not np.any(x):
-    return -np.inf
-  block = min(BLOCK_SECONDS, x.size / sr)
-  while x.size < block * sr:  # float round-off could make pyloudnorm reject a clip-long block
-    block = np.nextafter(block, 0.0)
-  return float(pyloudnorm.Meter(sr, block_size=block).integrated_loudness(x))
-
-
-def stem_loudness(stems, sr: int) -> np.ndarray:
-  """Integrated loudness (LUFS) of each stem of a `(S, L)` array, as float64 `(S,)`."""
-  return np.array([integrated_loudness(s, sr) for s in stems])
 
 
 def fixed_rng(clip_id: str, seed: int) -> np.random.Generator:

@@ -16,7 +16,7 @@ import operator
 
 import numpy as np
 
-from avflow.data.remix import SOURCES, stem_loudness
+from avflow.metrics.loudness import SOURCES, stem_loudness
 
 SPLITS = ("train", "val", "test")
 LAYOUTS = ("bands", "natural")

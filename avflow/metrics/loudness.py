@@ -1,7 +1,7 @@
 """LDif, the remixing metric of VisAH-FM (Eq. 8): mean over the 3 sources of |loud(s_k(x̂)) − loud(s_k(x))|.
 
 The public VisAH code has no LDif; loudness here is the one the Muddy Mix generator uses
-(`avflow.data.remix.integrated_loudness`: pyloudnorm's ITU-R BS.1770 integrated loudness with a
+(`integrated_loudness`: pyloudnorm's ITU-R BS.1770 integrated loudness with a
 0.4-s block, or the clip length when the clip is shorter). Sources are ordered as the Muddy Mix
 stems (speech, music, effects).
 
@@ -21,10 +21,31 @@ LDif is in LU and is never scaled for display (Table 1 caption).
 from typing import Callable, Protocol
 
 import numpy as np
+import pyloudnorm
 
-from avflow.data.remix import SOURCES, integrated_loudness, stem_loudness
-
+SOURCES = ("speech", "music", "effects")  # the Muddy Mix stem classes, in their order
 LOUDNESS_FLOOR = -70.0
+BLOCK_SECONDS = 0.4
+
+
+def integrated_loudness(x, sr: int) -> float:
+  """BS.1770 integrated loudness in LUFS of a mono signal; -inf for silent or empty input.
+
+  Uses a 0.4-s gating block, or the whole clip as one block when it is shorter, like the public
+  generator.
+  """
+  x = np.asarray(x, dtype=np.float64).reshape(-1)
+  if x.size == 0 or not np.any(x):
+    return -np.inf
+  block = min(BLOCK_SECONDS, x.size / sr)
+  while x.size < block * sr:  # float round-off could make pyloudnorm reject a clip-long block
+    block = np.nextafter(block, 0.0)
+  return float(pyloudnorm.Meter(sr, block_size=block).integrated_loudness(x))
+
+
+def stem_loudness(stems, sr: int) -> np.ndarray:
+  """Integrated loudness (LUFS) of each stem of a `(S, L)` array, as float64 `(S,)`."""
+  return np.array([integrated_loudness(s, sr) for s in stems])
 
 
 class Separator(Protocol):

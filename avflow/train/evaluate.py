@@ -32,7 +32,7 @@ import soundfile as sf
 from PIL import Image
 
 from avflow.data.pipeline import device_batch, make_dataset
-from avflow.data.remix import SOURCES, stem_loudness
+from avflow.metrics.loudness import SOURCES, stem_loudness
 from avflow.flow.solvers import Trajectory
 from avflow.metrics import loudness, semantic, signal, trajectory
 
