@@ -22,10 +22,11 @@ def _chain():
   return optax.chain(optax.clip_by_global_norm(0.5), optax.adam(optax.cosine_decay_schedule(1e-2, 10)))
 
 
+@pytest.mark.parametrize("one_buffer", [True, False])
 @pytest.mark.parametrize("frozen", [(), FROZEN])
-def test_matches_per_leaf_optax_and_keeps_its_layout(frozen):
+def test_matches_per_leaf_optax_and_keeps_its_layout(frozen, one_buffer):
   params = _params(jax.random.PRNGKey(0))
-  flat = FlatOptimizer(_chain(), frozen)
+  flat = FlatOptimizer(_chain(), frozen, one_buffer)
   reference = freeze(_chain(), frozen) if frozen else _chain()
   state, ref_state = flat.init(params), reference.init(params)
   assert jax.tree.structure(state) == jax.tree.structure(ref_state)
@@ -47,10 +48,11 @@ def test_matches_per_leaf_optax_and_keeps_its_layout(frozen):
     np.testing.assert_array_equal(params["encoder"]["w"], _params(jax.random.PRNGKey(0))["encoder"]["w"])
 
 
+@pytest.mark.parametrize("one_buffer", [True, False])
 @pytest.mark.parametrize("bad", ["loss", "grad"])
-def test_a_non_finite_step_changes_nothing(bad):
+def test_a_non_finite_step_changes_nothing(bad, one_buffer):
   params = _params(jax.random.PRNGKey(1))
-  flat = FlatOptimizer(_chain(), FROZEN)
+  flat = FlatOptimizer(_chain(), FROZEN, one_buffer)
   state = flat.init(params)
   grads = jax.tree.map(jnp.sin, params)
   if bad == "grad":
@@ -61,13 +63,27 @@ def test_a_non_finite_step_changes_nothing(bad):
     np.testing.assert_array_equal(got, want)
 
 
-def test_a_frozen_gradient_does_not_stop_the_step():
+@pytest.mark.parametrize("one_buffer", [True, False])
+def test_a_frozen_gradient_does_not_stop_the_step(one_buffer):
   """Frozen encoders get no update, so their gradient (which may overflow) is not checked."""
   params = _params(jax.random.PRNGKey(2))
-  flat = FlatOptimizer(_chain(), FROZEN)
+  flat = FlatOptimizer(_chain(), FROZEN, one_buffer)
   grads = jax.tree.map(jnp.sin, params)
   grads["encoder"]["w"] = jnp.full((3, 2), jnp.inf)
   new_params, _, finite, _ = jax.jit(flat.apply)(grads, flat.init(params), params, jnp.bool_(True))
   assert bool(finite)
   assert not np.allclose(new_params["head"]["kernel"], params["head"]["kernel"])
   np.testing.assert_array_equal(new_params["encoder"]["w"], params["encoder"]["w"])
+
+
+def test_sharded_parameters_are_updated_leaf_by_leaf():
+  """With FSDP (or explicit sharding rules) one buffer would gather every parameter onto every device."""
+  import visah_fm
+  from avflow.train.state import make_optimizer
+  config = visah_fm.get_config("toy")
+  assert make_optimizer(config).one_buffer
+  config.mesh.fsdp = 2
+  assert not make_optimizer(config).one_buffer
+  config.mesh.fsdp = 1
+  config.mesh.rules = ((".*kernel", (None, "data")),)
+  assert not make_optimizer(config).one_buffer

@@ -32,12 +32,15 @@ class FlatOptimizer:
   """`tx` applied to the trainable parameters as one buffer; frozen ones keep their values and have no state.
 
   `init(params)` is `freeze(tx, frozen_prefixes).init(params)` (or `tx.init` without frozen prefixes), so a state
-  built, saved or restored before is the same tree.
+  built, saved or restored before is the same tree. With `one_buffer=False` (parameters sharded over devices, FSDP)
+  the same update runs leaf by leaf, where each shard updates locally: one buffer would gather every parameter onto
+  every device.
   """
 
-  def __init__(self, tx: optax.GradientTransformation, frozen_prefixes: Iterable[str] = ()):
+  def __init__(self, tx: optax.GradientTransformation, frozen_prefixes: Iterable[str] = (), one_buffer: bool = True):
     self.tx = tx
     self.frozen_prefixes = tuple(frozen_prefixes)
+    self.one_buffer = one_buffer
 
   @property
   def per_leaf(self) -> optax.GradientTransformation:
@@ -68,6 +71,8 @@ class FlatOptimizer:
     trainable = [i for i, frozen in enumerate(jax.tree.leaves(frozen_mask(params, self.frozen_prefixes)))
                  if not frozen]
     g_leaves = jax.tree.leaves(grads)
+    if not self.one_buffer:
+      return self._apply_per_leaf(grads, opt_state, params, finite_loss, [g_leaves[i] for i in trainable])
     g = _concat([g_leaves[i] for i in trainable])
     p = _concat([p_leaves[i] for i in trainable])
     inner = self._inner(opt_state)
@@ -86,3 +91,10 @@ class FlatOptimizer:
         if is_moment(t) else buffer, template, new_state, inner)
     return (jax.tree.unflatten(treedef, p_leaves), self._with_inner(opt_state, new_inner), finite,
             jnp.sqrt(jnp.sum(jnp.square(g))))
+
+  def _apply_per_leaf(self, grads, opt_state, params, finite_loss, trainable_grads: list):
+    updates, new_state = self.per_leaf.update(grads, opt_state, params)
+    finite = finite_loss & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in trainable_grads]))
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+    return (keep(optax.apply_updates(params, updates), params), keep(new_state, opt_state), finite,
+            optax.global_norm(trainable_grads))

@@ -37,7 +37,9 @@ def make_optimizer(config) -> FlatOptimizer:
                   eps=opt_cfg.eps)
   if opt_cfg.clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(opt_cfg.clip_norm), tx)
-  return FlatOptimizer(tx, frozen_prefixes(config.model))
+  mesh = config.mesh
+  replicated = mesh.fsdp == 1 and all(spec == "fsdp" for _, spec in mesh.get("rules", ((".*", "fsdp"),)))
+  return FlatOptimizer(tx, frozen_prefixes(config.model), one_buffer=replicated)
 
 
 def create_train_state(model, config, example_batch: dict, tx: FlatOptimizer) -> TrainState:
