@@ -28,6 +28,11 @@ def _split(buffer: jax.Array, like: list) -> list:
   return [buffer[a:b].reshape(x.shape).astype(x.dtype) for a, b, x in zip(offsets, offsets[1:], like)]
 
 
+def _keep(finite: jax.Array, new: Any, old: Any) -> Any:
+  """`new` where the step is finite, else `old` (leaf by leaf)."""
+  return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+
 class FlatOptimizer:
   """`tx` applied to the trainable parameters as one buffer; frozen ones keep their values and have no state.
 
@@ -82,19 +87,17 @@ class FlatOptimizer:
     state = jax.tree.map(lambda t, sub: _concat(jax.tree.leaves(sub)) if is_moment(t) else sub, template, inner)
     updates, new_state = self.tx.update(g, state, p)
     finite = finite_loss & jnp.all(jnp.isfinite(g))
-    p = jnp.where(finite, optax.apply_updates(p, updates), p)
-    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    p = _keep(finite, optax.apply_updates(p, updates), p)
+    new_state = _keep(finite, new_state, state)
     for i, leaf in zip(trainable, _split(p, [p_leaves[i] for i in trainable])):
       p_leaves[i] = leaf
     new_inner = jax.tree.map(
         lambda t, buffer, sub: jax.tree.unflatten(jax.tree.structure(sub), _split(buffer, jax.tree.leaves(sub)))
         if is_moment(t) else buffer, template, new_state, inner)
-    return (jax.tree.unflatten(treedef, p_leaves), self._with_inner(opt_state, new_inner), finite,
-            jnp.sqrt(jnp.sum(jnp.square(g))))
+    return jax.tree.unflatten(treedef, p_leaves), self._with_inner(opt_state, new_inner), finite, optax.global_norm(g)
 
   def _apply_per_leaf(self, grads, opt_state, params, finite_loss, trainable_grads: list):
     updates, new_state = self.per_leaf.update(grads, opt_state, params)
     finite = finite_loss & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in trainable_grads]))
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-    return (keep(optax.apply_updates(params, updates), params), keep(new_state, opt_state), finite,
+    return (_keep(finite, optax.apply_updates(params, updates), params), _keep(finite, new_state, opt_state), finite,
             optax.global_norm(trainable_grads))
