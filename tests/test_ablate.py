@@ -153,7 +153,8 @@ def test_summary_shows_kld_and_ib_where_the_evaluation_computed_them():
   reports["va"][0]["input"].update(kld=0.2074, ib=0.2814)
   run = {"results": reports, "runs": {f"{row.variant}/0": f"/r/{row.variant}" for row in rows},
          "wall_s": {f"{row.variant}/0": {"train_s": 1.0, "eval_s": 1.0, "reused": False} for row in rows},
-         "conditioning": {row.key: describe_conditioning(ablate.load_config(row).model) for row in rows}}
+         "conditioning": {row.key: describe_conditioning(ablate.load_config(row).model) for row in rows},
+         "not_run": {}}
   summary = ablate.summarize("1", "toy", [0], run, "/r")
   assert summary["rows"]["va"]["ours"]["kld"] == pytest.approx((9.70, 0.0))
   assert summary["rows"]["va"]["ours"]["ib"] == pytest.approx((29.12, 0.0))
