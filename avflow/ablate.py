@@ -17,13 +17,12 @@ import time
 
 import numpy as np
 
+from avflow import tasks
 from avflow.configs_lib import set_field, shipped_configs_dir
-from avflow.data.pipeline import make_source
 from avflow.metrics.signal import paper_display
-from avflow.models.visah.highlighter import Highlighter, describe_conditioning
+from avflow.models.visah.highlighter import describe_conditioning
 from avflow.report.paper_tables import METRICS, TABLES
 from avflow.train import checkpoint
-from avflow.train.evaluate import evaluate
 from avflow.train.loop import train
 from avflow.train.state import check_batch
 from avflow.train.step import jit, make_predict_fn
@@ -210,8 +209,9 @@ def run_table(table: str, scale: str, seeds: list[int], root: str, total_steps: 
       report = _stored_evaluation(report_dir, config)
       if report is None:
         os.makedirs(report_dir, exist_ok=True)
-        predict = jit(make_predict_fn(Highlighter(config.model), config))
-        report = evaluate(predict, checkpoint.load_params(workdir), make_source(config.data, "val"), config,
+        task = tasks.get(config)
+        predict = jit(make_predict_fn(task.build(config.model), config))
+        report = task.evaluate(predict, checkpoint.load_params(workdir), task.source(config.data, "val"), config,
                           report_dir, config.total_steps)
         with open(os.path.join(report_dir, EVAL_KEY_FILE), "w") as f:
           json.dump({"config": _evaluation_key(config)}, f)
@@ -224,7 +224,7 @@ def run_table(table: str, scale: str, seeds: list[int], root: str, total_steps: 
 
 def _missing_inputs(config) -> str | None:
   """Why the row's data cannot feed its conditioning (e.g. captions on the toy movies, which have none), else None."""
-  clip = make_source(config.data, "train")[0]
+  clip = tasks.get(config).source(config.data, "train")[0]
   try:
     check_batch(config, {k: np.asarray(v)[None] for k, v in clip.items() if k != "clip_id"})
   except ValueError as e:

@@ -18,10 +18,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core
 
-from avflow import compile_cache
+from avflow import compile_cache, tasks
 from avflow.flow.objectives import REMAT_POLICIES
 from avflow.inference import WINDOW_HOP
-from avflow.models.visah.highlighter import Highlighter
 from avflow.train.state import abstract_batch, create_train_state, make_optimizer
 from avflow.train.step import jit, make_predict_fn, make_train_step
 
@@ -67,7 +66,7 @@ class Step:
   """A compiled train step of one config; with `allocate`, it holds a state and can be timed (the state is donated)."""
 
   def __init__(self, config, batch: dict, allocate: bool = True):
-    model, tx = Highlighter(config.model), make_optimizer(config)
+    model, tx = tasks.get(config).build(config.model), make_optimizer(config)
 
     def init(b):
       return create_train_state(model, config, b, tx)
@@ -113,7 +112,7 @@ def model_flops(config, batch: dict) -> float:
   """Matmul + convolution FLOPs of one train step (forward and backward) without remat recomputation."""
   config = copy.deepcopy(config)
   config.objective.remat_policy = "none"
-  model, tx = Highlighter(config.model), make_optimizer(config)
+  model, tx = tasks.get(config).build(config.model), make_optimizer(config)
   state = jax.eval_shape(lambda b: create_train_state(model, config, b, tx), batch)
   jaxpr = jax.make_jaxpr(make_train_step(model, config, tx))(state, batch, jax.random.PRNGKey(0))
   return matmul_flops(jaxpr.jaxpr)
@@ -197,7 +196,7 @@ class Infer:
   def __init__(self, config, num_steps: int = 4, batch_size: int = 1):
     config = copy.deepcopy(config)
     config.inference.num_steps = num_steps
-    model = Highlighter(config.model)
+    model = tasks.get(config).build(config.model)
     self.batch = random_batch(config, batch_size)
     self.params = create_train_state(model, config, self.batch, make_optimizer(config)).params
     self.compiled, self.compile = compile_figures(jit(make_predict_fn(model, config)), self.params, self.batch)

@@ -10,10 +10,9 @@ import json
 from absl import flags
 
 from avflow.commands import no_arguments, parse_flags  # noqa: F401
-from avflow.data.pipeline import make_source
-from avflow.models.visah.highlighter import Highlighter
+from avflow import tasks
 from avflow.train import checkpoint
-from avflow.train.evaluate import check_semantic, evaluate
+from avflow.train.evaluate import check_semantic
 from avflow.train.step import jit, make_predict_fn
 
 flags.DEFINE_string("workdir", None, "Run directory.", required=True)
@@ -42,6 +41,7 @@ def main(argv):
     raise SystemExit(f"avflow eval: {e}")
   params = checkpoint.load_params(f.workdir, f.step)
   step = f.step if f.step is not None else checkpoint.Checkpointer(f.workdir).latest_step()
-  predict = jit(make_predict_fn(Highlighter(config.model), config))
-  report = evaluate(predict, params, make_source(config.data, "val"), config, f.workdir, step)
+  task = tasks.get(config)
+  predict = jit(make_predict_fn(task.build(config.model), config))
+  report = task.evaluate(predict, params, task.source(config.data, "val"), config, f.workdir, step)
   print(json.dumps(report, indent=2))

@@ -5,7 +5,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from avflow.commands import DEFAULT_CONFIG, no_arguments, parse_flags  # noqa: F401
-from avflow.models.visah.highlighter import Highlighter, frozen_prefixes
+from avflow import tasks
 from avflow.train.partition import frozen_mask
 from avflow.train.state import abstract_params
 
@@ -41,8 +41,9 @@ def count_table(params, frozen=(), depth: int = 3) -> list[str]:
 def main(argv):
   no_arguments(argv)
   config = flags.FLAGS.config
-  params = abstract_params(Highlighter(config.model), config)
+  task = tasks.get(config)
+  params = abstract_params(task.build(config.model), config)
   cond = config.model.conditioning
-  lines = count_table(params, frozen_prefixes(config.model), flags.FLAGS.depth)
+  lines = count_table(params, task.frozen_prefixes(config.model), flags.FLAGS.depth)
   lines += [f"model.conditioning.{name}: {cond[name] or '(none)'}" for name in ("clip_weights", "clap_weights")]
   print("\n".join(lines))

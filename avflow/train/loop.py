@@ -19,11 +19,10 @@ import numpy as np
 import tensorboardX
 import tqdm
 
-from avflow.data.pipeline import device_batch, make_dataset, make_source
+from avflow import tasks
+from avflow.data.pipeline import device_batch
 from avflow.errors import AvflowError, RunExistsError
-from avflow.models.visah.highlighter import Highlighter
 from avflow.train import checkpoint, distributed, pretrained, sharding
-from avflow.train.evaluate import evaluate
 from avflow.train.state import TrainState, check_batch, create_train_state, make_optimizer
 from avflow.train.step import jit, make_predict_fn, make_train_step
 
@@ -118,14 +117,15 @@ def train(config, workdir: str, resume: bool = False) -> TrainState:
     pretrained.check_weights(config)
   checkpoint.save_config(workdir, config, checkpoint.load_pretrained_record(workdir) if resuming else None)
 
-  model = Highlighter(config.model)
+  task = tasks.get(config)
+  model = task.build(config.model)
   tx = make_optimizer(config)
   mesh = sharding.make_mesh(config.mesh)
   data_sharding = sharding.batch_sharding(mesh)
-  train_ds = make_dataset(make_source(config.data, "train"), config.data, batch_size=config.batch_size,
+  train_ds = task.dataset(task.source(config.data, "train"), config.data, batch_size=config.batch_size,
                           seed=config.seed, train=True, process_index=jax.process_index(),
                           process_count=jax.process_count())
-  eval_source = make_source(config.data, "val")
+  eval_source = task.source(config.data, "val")
   data_iter = iter(train_ds)
   first = next(iter(train_ds))
   check_batch(config, first)
@@ -201,7 +201,7 @@ def train(config, workdir: str, resume: bool = False) -> TrainState:
       if save:
         ckpt.save(step, state, data_iter)
       if step % config.eval_every == 0 or done:
-        report = evaluate(predict, state.params, eval_source, config, workdir, step)
+        report = task.evaluate(predict, state.params, eval_source, config, workdir, step)
         log.info("eval at step %d: %s", step, json.dumps(report))
         if writer:
           for part in ("input", "prediction"):

@@ -5,14 +5,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from avflow import flow
-from avflow.models.visah.highlighter import Highlighter
+from avflow import tasks
 from avflow.train import precision
-from avflow.train.losses import multi_resolution_stft_loss
 from avflow.train.flat_optimizer import FlatOptimizer
 from avflow.train.state import TrainState
-
-TASKS = ("flow", "regression")
 
 # XLA:CPU gives reductions to YNNPACK by default, which sums over time for every channel (the gradients of
 # GroupNorm's scale and bias, of LayerScale and of every conv bias) ~20x slower than XLA's own loops: a
@@ -29,30 +25,12 @@ def jit(fn: Callable, **kwargs) -> Callable:
   return jax.jit(fn, **kwargs)
 
 
-def make_loss_fn(model: Highlighter, config) -> Callable:
-  """loss(params, batch, rng) → (loss, terms): Eq. 5 for VisAH-FM, the multi-resolution STFT loss for VisAH."""
-  if config.task not in TASKS:
-    raise ValueError(f"config.task={config.task!r}; expected one of {TASKS}")
-  objective = flow.ObjectiveConfig.from_config(config.objective) if config.task == "flow" else None
-
-  def loss_fn(params, batch, rng):
-    variables = {"params": params}
-    context = model.apply(variables, batch, method=Highlighter.encode)
-    x0, x1 = batch["x0"], batch["x1"]
-    if config.task == "regression":
-      pred = model.apply(variables, x0, context, method=Highlighter.regress)
-      loss = multi_resolution_stft_loss(pred[..., 0], x1[..., 0])
-      return loss, {"mr_stft": loss}
-
-    def velocity_fn(x_t, t, cond):
-      return model.apply(variables, x_t, t, cond, x0, method=Highlighter.velocity)
-
-    return flow.flow_loss(velocity_fn, x0, x1, context, rng, objective)
-
-  return loss_fn
+def make_loss_fn(model, config) -> Callable:
+  """loss(params, batch, rng) → (loss, terms) of the task `config.task` names (`avflow.tasks`)."""
+  return tasks.get(config).loss_fn(model, config)
 
 
-def make_train_step(model: Highlighter, config, tx: FlatOptimizer) -> Callable:
+def make_train_step(model, config, tx: FlatOptimizer) -> Callable:
   """train_step(state, batch, rng) → (state, metrics); a non-finite loss or trainable gradient leaves the state
   unchanged (except the step count) and reports `finite = False`, so the loop can halt or skip (`config.nonfinite`).
   `config.precision = "bf16"` computes the loss with bfloat16 matmuls and convolutions (`precision.autocast`)."""
@@ -67,25 +45,6 @@ def make_train_step(model: Highlighter, config, tx: FlatOptimizer) -> Callable:
   return train_step
 
 
-def make_predict_fn(model: Highlighter, config) -> Callable:
-  """predict(params, batch, stop_after=None) → (x̂1, the solver's `Trajectory`, or None for VisAH).
-
-  VisAH-FM integrates from x0 at t=0 on the N-step grid (Euler by default, Sec. 3.1: N = 4), optionally
-  stopping after k steps (Sec. 9); VisAH regresses in one pass.
-  """
-  inference = config.inference
-
-  def predict(params, batch, stop_after=None):
-    variables = {"params": params}
-    context = model.apply(variables, batch, method=Highlighter.encode)
-    x0 = batch["x0"]
-    if config.task == "regression":
-      return model.apply(variables, x0, context, method=Highlighter.regress), None
-
-    def velocity_fn(x_t, t, cond):
-      return model.apply(variables, x_t, t, cond, x0, method=Highlighter.velocity)
-
-    traj = flow.integrate(velocity_fn, x0, context, inference.num_steps, inference.method, stop_after)
-    return traj.final, traj
-
-  return predict
+def make_predict_fn(model, config) -> Callable:
+  """predict(params, batch, stop_after=None) → (prediction, the solver's `Trajectory` or None) of `config.task`."""
+  return tasks.get(config).predict_fn(model, config)
