@@ -161,7 +161,8 @@ def masked_replacement(mask: jax.Array, reference: jax.Array) -> DiffusionHook:
 
   x^ref = √ᾱ'·r + √(1 − ᾱ')·ε' is the reference r (the mixture) noised to the step's level with the step's own
   noise ε', and is r itself at the last, clean step. This equals replacing the masked entries of the predicted
-  clean data by r before the step, which is how DAVIS's sampler applies it.
+  clean data by r before the step, which is how DAVIS's sampler applies it (for r in [0, 1], where its clip of the
+  replaced prediction changes nothing).
   """
   def hook(x: jax.Array, alpha_bar: jax.Array, x_noise: jax.Array) -> jax.Array:
     return jnp.where(mask, q_sample(reference, x_noise, alpha_bar), x)
