@@ -2,7 +2,7 @@
 import jax
 import jax.numpy as jnp
 
-TIME_SAMPLERS = ("uniform", "discrete")
+TIME_SAMPLERS = ("uniform", "discrete", "logit_normal")
 
 
 def time_grid(num_steps: int, stop_after: int | None = None) -> jax.Array:
@@ -25,9 +25,17 @@ def discrete_grid_time(key: jax.Array, batch: int, num_steps: int) -> jax.Array:
   return jax.random.randint(key, (batch,), 0, num_steps).astype(jnp.float32) / num_steps
 
 
-def sample_time(key: jax.Array, batch: int, sampler: str, num_steps: int) -> jax.Array:
+def logit_normal_time(key: jax.Array, batch: int, mean: float = 0.0, std: float = 1.0) -> jax.Array:
+  """t = sigmoid(m + s·n), n ~ 𝒩(0, 1): logit-normal times, denser in the middle of the path for m = 0."""
+  return jax.nn.sigmoid(mean + std * jax.random.normal(key, (batch,), jnp.float32))
+
+
+def sample_time(key: jax.Array, batch: int, sampler: str, num_steps: int, logit_mean: float = 0.0,
+                logit_std: float = 1.0) -> jax.Array:
   if sampler == "uniform":
     return uniform_time(key, batch)
   if sampler == "discrete":
     return discrete_grid_time(key, batch, num_steps)
+  if sampler == "logit_normal":
+    return logit_normal_time(key, batch, logit_mean, logit_std)
   raise ValueError(f"unknown time sampler {sampler!r}; expected one of {TIME_SAMPLERS}")
