@@ -9,6 +9,7 @@ import os
 
 import ml_collections
 
+from avflow.flow.diffusion import DiffusionConfig
 from avflow.flow.objectives import ObjectiveConfig
 from avflow.metrics import semantic, signal
 from avflow.models.visah import presets
@@ -66,9 +67,9 @@ _SCHEDULE = {
 }
 
 
-def base_config(scale: str, task: str) -> ml_collections.ConfigDict:
-  total_steps, batch_size, eval_every, checkpoint_every, log_every, lr = _SCHEDULE[presets._check(scale)]
-  audio = presets.audio_config(scale)
+def training_config(task: str, total_steps: int, batch_size: int, eval_every: int, checkpoint_every: int,
+                    log_every: int, learning_rate: float, warmup_steps: int) -> ml_collections.ConfigDict:
+  """The fields every system's config has: the task, the schedule, Adam, the mesh."""
   c = ml_collections.ConfigDict()
   c.task = task
   c.seed = 0
@@ -80,6 +81,19 @@ def base_config(scale: str, task: str) -> ml_collections.ConfigDict:
   c.nonfinite = "halt"  # or "skip": what a NaN/Inf loss or gradient does.
   c.init_from = ""  # a run directory (e.g. an imported VisAH checkpoint) whose parameters start this run.
   c.precision = "fp32"  # or "bf16": bfloat16 matmuls/convolutions, float32 parameters and optimizer state.
+  c.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=learning_rate, schedule="cosine", warmup_steps=warmup_steps, final_lr_fraction=0.0,
+      b1=0.9, b2=0.999, eps=1e-8, clip_norm=0.0))
+  # FSDP: `(regex, "fsdp")` rules over state paths shard tensors of ≥ fsdp_min_size elements (`train/sharding.py`).
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, rules=((".*", "fsdp"),), fsdp_min_size=2 ** 14))
+  return c
+
+
+def base_config(scale: str, task: str) -> ml_collections.ConfigDict:
+  total_steps, batch_size, eval_every, checkpoint_every, log_every, lr = _SCHEDULE[presets._check(scale)]
+  audio = presets.audio_config(scale)
+  c = training_config(task, total_steps, batch_size, eval_every, checkpoint_every, log_every, lr,
+                      warmup_steps=50 if scale == "toy" else 500)
 
   c.data = ml_collections.ConfigDict(dict(
       source="toy_movies" if scale == "toy" else "records",
@@ -120,14 +134,57 @@ def base_config(scale: str, task: str) -> ml_collections.ConfigDict:
   ))
 
   c.objective = ml_collections.ConfigDict(dataclasses.asdict(ObjectiveConfig()))
-  c.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=lr, schedule="cosine", warmup_steps=50 if scale == "toy" else 500, final_lr_fraction=0.0,
-      b1=0.9, b2=0.999, eps=1e-8, clip_norm=0.0))
   c.inference = ml_collections.ConfigDict(dict(num_steps=4, method="euler"))
   # Env pooled per batch of env_batch_size clips as the public VisAH evaluation (0: the whole set); semantic:
   # "passt" (KLD) and/or "imagebind" (IB), comma-separated, "" for none (`train/evaluate.py`).
   c.eval = ml_collections.ConfigDict(dict(batch_size=8, num_samples=4, env_batch_size=signal.ENV_BATCH, semantic="",
                                           imagebind_checkpoint=semantic.DEFAULT_IMAGEBIND_CHECKPOINT))
-  # FSDP: `(regex, "fsdp")` rules over state paths shard tensors of ≥ fsdp_min_size elements (`train/sharding.py`).
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, rules=((".*", "fsdp"),), fsdp_min_size=2 ** 14))
+  return c
+
+
+# DAVIS per scale: (total_steps, batch_size, eval_every, checkpoint_every, log_every, learning_rate, warmup_steps).
+# Paper: Adam, lr 1e-4, batch 8, 200 epochs of MUSIC (468 videos × 5 duplicates / 8 ≈ 292 steps per epoch).
+_SEPARATION_SCHEDULE = {
+    "toy": (1500, 8, 500, 500, 25, 2e-3, 50),
+    "paper": (58500, 8, 2925, 2925, 100, 1e-4, 0),
+}
+
+
+def separation_config(scale: str, method: str) -> ml_collections.ConfigDict:
+  """DAVIS-Flow (`method="flow"`) or DAVIS (`"diffusion"`) at `toy` or `paper` scale (`avflow/tasks/separate.py`)."""
+  from avflow.models.davis import presets as davis_presets
+  audio = davis_presets.audio_config(scale)
+  total_steps, batch_size, eval_every, checkpoint_every, log_every, lr, warmup = _SEPARATION_SCHEDULE[scale]
+  c = training_config("separate", total_steps, batch_size, eval_every, checkpoint_every, log_every, lr, warmup)
+  c.method = method
+  c.flow_source = "gaussian"  # DAVIS-Flow's x0 ~ 𝒩(0, I); "mixture": the mixture itself (a VisAH-FM-style bridge)
+  c.optimizer.schedule = "cosine" if scale == "toy" else "constant"
+  c.optimizer.clip_norm = 5.0  # the public code clips the gradient norm at 5
+  c.data = ml_collections.ConfigDict(dict(
+      source="toy_movies" if scale == "toy" else "records",
+      toy_layout="bands",
+      records_dir="",
+      sample_rate=audio.sample_rate,
+      clip_samples=audio.clip_samples,
+      num_frames=audio.num_frames,
+      image_size=audio.image_size,
+      num_train_pairs=8192,
+      num_eval_pairs=64,
+      seed=1234,
+      worker_count=0,
+  ))
+  c.model = davis_presets.model_config(scale)
+  c.model.spectrogram = ml_collections.ConfigDict(dict(n_fft=audio.n_fft, hop=audio.hop, bins=audio.bins,
+                                                       log_scale=audio.log_scale))
+  c.model.freq_bins = c.model.spectrogram.get_ref("bins")
+  cond = c.model.conditioning
+  cond.clip_weights = ""  # CLIP ViT-B/32 weights, read when a run is initialised (`avflow/train/pretrained.py`)
+  cond.random_encoders = scale == "toy"
+  # DAVIS-Flow (code): the σ_min = 1e-4 path, L1, t ~ U[0, 1]; rollout off (a row turns it on for the 2-step sampler).
+  c.objective = ml_collections.ConfigDict(dataclasses.asdict(ObjectiveConfig(
+      rollout_weight=0.0, num_steps=2, horizon=2, time_sampler="uniform", loss="l1", sigma_min=1e-4)))
+  c.diffusion = ml_collections.ConfigDict(dataclasses.asdict(DiffusionConfig()))
+  # Euler on N = 2 steps; the silence mask δ = 0.002 (Table 4; 0 turns it off); the seed of the sampled x0.
+  c.inference = ml_collections.ConfigDict(dict(num_steps=2, method="euler", silence_threshold=0.002, seed=0))
+  c.eval = ml_collections.ConfigDict(dict(batch_size=16, num_samples=4))
   return c

@@ -3,14 +3,19 @@
 `train`, `eval`, `ablate`, `bench` and `info` ask `get(config)` for the task named by `config.task` and use only the
 `Task` methods, so a new system adds a task module here instead of branches there.
   flow, regression  highlight (VisAH-FM, VisAH): a poorly balanced mix x0 → the well-balanced x1
+  separate          separation (DAVIS-Flow, DAVIS): a mixture and one video's frames → that video's sound
 """
+import importlib
+
 from avflow.tasks.base import Task
+
+# config.task → (module under avflow.tasks, its Task), imported on first use so that one system never loads another.
+TASKS = {"flow": ("highlight", "FLOW"), "regression": ("highlight", "REGRESSION"), "separate": ("separate", "SEPARATE")}
 
 
 def get(config) -> Task:
   """The task `config.task` names."""
-  from avflow.tasks import highlight
-  tasks = {"flow": highlight.FLOW, "regression": highlight.REGRESSION}
-  if config.task not in tasks:
-    raise ValueError(f"config.task={config.task!r}; expected one of {', '.join(tasks)}")
-  return tasks[config.task]
+  if config.task not in TASKS:
+    raise ValueError(f"config.task={config.task!r}; expected one of {', '.join(TASKS)}")
+  module, name = TASKS[config.task]
+  return getattr(importlib.import_module(f"avflow.tasks.{module}"), name)
