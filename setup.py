@@ -16,6 +16,7 @@ CORE = [
     "absl-py>=2.5.1",
     "soundfile>=0.14.0",
     "pyloudnorm>=0.2.0",
+    "mir_eval>=0.8.2",
     "safetensors>=0.8.0",
     "scipy>=1.17",
     "numpy>=2.0",

@@ -1,4 +1,5 @@
-"""The Grain input pipeline: read a clip → Muddy-Mix remix (x0, x1, stems, gains) → batch.
+"""The Grain input pipeline: read a clip → Muddy-Mix remix (x0, x1, stems, gains) → batch; or read a "mix and
+separate" pair (`avflow.data.separation`) → batch.
 
 Training remixes every clip afresh at every visit (Sec. 2.2, "randomly generating poorly balanced audio samples
 on-the-fly"); `remix="fixed"` derives each clip's remix from its id and the seed so every epoch sees the same inputs
@@ -57,24 +58,42 @@ class MuddyRemix(grain.transforms.RandomMap):
     }
 
 
-def make_dataset(source: ClipSource, data_cfg, *, batch_size: int, seed: int, train: bool,
-                 process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-  """A batched Grain dataset over one process's shard; infinite and shuffled when `train`."""
+def batch_dataset(source, *, batch_size: int, seed: int, train: bool, process_index: int = 0, process_count: int = 1,
+                  transform: grain.transforms.RandomMap | None = None, worker_count: int = 0) -> grain.IterDataset:
+  """`source` (len + getitem) batched over one process's shard, each example through `transform` first (seeded by
+  `seed`); infinite and shuffled when `train`; `worker_count` Grain worker processes when positive."""
   if batch_size % process_count:
     raise ValueError(f"batch_size={batch_size} is not divisible by the {process_count} processes")
   ds = grain.MapDataset.source(source)[process_index::process_count]
   if train:
     ds = ds.shuffle(seed=seed).repeat()
-  mode = data_cfg.remix if train else "fixed"
-  ds = ds.random_map(MuddyRemix(data_cfg.sample_rate, data_cfg.suppress_db, data_cfg.highlight_db,
-                                data_cfg.peak_db, mode, seed), seed=seed)
+  if transform is not None:
+    ds = ds.random_map(transform, seed=seed)
   ds = ds.batch(batch_size // process_count, drop_remainder=train)
   ids = ds.to_iter_dataset()
-  if data_cfg.get("worker_count", 0) > 0:
+  if worker_count > 0:
     if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags: outside an absl app, use their defaults
       flags.FLAGS.mark_as_parsed()
-    ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.worker_count))
+    ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return ids
+
+
+def make_dataset(source: ClipSource, data_cfg, *, batch_size: int, seed: int, train: bool,
+                 process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+  """A batched Grain dataset of Muddy-Mix remixes over one process's shard; infinite and shuffled when `train`."""
+  mode = data_cfg.remix if train else "fixed"
+  remix = MuddyRemix(data_cfg.sample_rate, data_cfg.suppress_db, data_cfg.highlight_db, data_cfg.peak_db, mode, seed)
+  return batch_dataset(source, batch_size=batch_size, seed=seed, train=train, process_index=process_index,
+                       process_count=process_count, transform=remix, worker_count=data_cfg.get("worker_count", 0))
+
+
+def make_pair_dataset(source, data_cfg, *, batch_size: int, seed: int, train: bool, process_index: int = 0,
+                      process_count: int = 1) -> grain.IterDataset:
+  """A batched Grain dataset of "mix and separate" pairs (`separation.ToyPairs` or `separation.RecordPairs`, keys in
+  `avflow.data.separation`) over one process's shard; infinite and shuffled when `train`. A pair is fixed by its
+  index, so every epoch sees the same pairs in a new order."""
+  return batch_dataset(source, batch_size=batch_size, seed=seed, train=train, process_index=process_index,
+                       process_count=process_count, worker_count=data_cfg.get("worker_count", 0))
 
 
 def make_source(data_cfg, split: str) -> ClipSource:

@@ -60,6 +60,14 @@ class ToyMovies:
     return self.num_clips
 
   def __getitem__(self, index) -> dict:
+    return self.clip(index)
+
+  def clip(self, index, shown: int | None = None) -> dict:
+    """`self[index]`, its frames showing source `shown` (an index into `SOURCES`) in place of the on-screen one:
+    the same background, clutter, motion and noise, another object. Separation pairs picture any stem this way;
+    the audio, `on_screen` and `loudness` are those of `self[index]`."""
+    if shown is not None and shown not in range(len(SOURCES)):
+      raise ValueError(f"shown={shown!r}; expected an index into {SOURCES}")
     i = operator.index(index)
     if i < 0:
       i += self.num_clips
@@ -91,7 +99,7 @@ class ToyMovies:
     return dict(
         clip_id=f"toy-{self.split}-s{self.seed}-{i:06d}",
         stems=stems.astype(np.float32),
-        frames=_frames(rng, on_screen, self.image_size, self.num_frames),
+        frames=_frames(rng, on_screen if shown is None else shown, self.image_size, self.num_frames),
         on_screen=on_screen,
         loudness=target.astype(np.float32),
     )
