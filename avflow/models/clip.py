@@ -83,13 +83,16 @@ class CLIPConfig:
 
 VARIANTS = {
     "vit_l14": CLIPConfig(),
+    # OpenAI ViT-B/32, the frozen frame encoder of DAVIS (512-d image embeddings); no adapter.
+    "vit_b32": CLIPConfig(patch_size=32, width=768, layers=12, heads=12, mlp_dim=3072, proj_dim=512,
+                          adapter_layer=None, audio_dim=None),
     "tiny": CLIPConfig(image_size=32, patch_size=8, width=32, layers=3, heads=4, mlp_dim=64,
                        proj_dim=24, adapter_layer=2, adapter_dim=16, adapter_heads=2, audio_dim=64),
 }
 
 
 def clip_config(name: str, **overrides) -> CLIPConfig:
-  """A named variant (`vit_l14`, `tiny`) with optional field overrides."""
+  """A named variant (`vit_l14`, `vit_b32`, `tiny`) with optional field overrides."""
   if name not in VARIANTS:
     raise ValueError(f"unknown CLIP variant {name!r}; expected one of {', '.join(VARIANTS)}")
   return dataclasses.replace(VARIANTS[name], **overrides)
@@ -268,17 +271,18 @@ class CLIPVision(nn.Module):
                 pooled=pooled, last_hidden_state=x, hidden_states=tuple(hidden_states))
 
   def encode_frames(self, frames: jax.Array, audio_tokens: Optional[jax.Array] = None,
-                    text_tokens: Optional[jax.Array] = None) -> jax.Array:
+                    text_tokens: Optional[jax.Array] = None, normalize: bool = True) -> jax.Array:
     """Frames `(B, F, H, W, 3)` (uint8, or float in [0, 1]) -> image features `(B, F, proj_dim)`.
 
     Each frame goes through CLIP on its own; the tokens `(B, N, D)` of a clip are shared by
-    all of its frames.
+    all of its frames. `normalize=False` returns the un-normalized `image_embeds` (OpenAI
+    CLIP's `encode_image`, what DAVIS feeds its temporal transformer).
     """
     b, f = frames.shape[:2]
     pixels = preprocess_frames(frames.reshape(b * f, *frames.shape[2:]), self.config.image_size)
     per_frame = lambda t: None if t is None else jnp.repeat(t, f, axis=0)
     out = self(pixels, per_frame(audio_tokens), per_frame(text_tokens))
-    return out["image_features"].reshape(b, f, -1)
+    return out["image_features" if normalize else "image_embeds"].reshape(b, f, -1)
 
 
 def preprocess_frames(frames: jax.Array, image_size: int) -> jax.Array:

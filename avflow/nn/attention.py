@@ -19,21 +19,22 @@ import jax.numpy as jnp
 
 
 def multi_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, num_heads: int) -> jax.Array:
-  """Softmax attention of `q (B, Lq, H*Dh)` over `k, v (B, Lk, H*Dh)`; scale `Dh**-0.5`.
+  """Softmax attention of `q (B, Lq, H*Dh)` over `k (B, Lk, H*Dh)`, `v (B, Lk, H*Dv)`; scale `Dh**-0.5`.
 
-  Returns the concatenated heads `(B, Lq, H*Dh)`. The softmax runs in float32.
+  Returns the concatenated heads `(B, Lq, H*Dv)` (head-major channels, as `q`, `k` and `v`); the value width
+  `Dv` may differ from `Dh`. The softmax runs in float32.
   """
   b, lq, inner = q.shape
-  if inner % num_heads:
-    raise ValueError(f"width {inner} is not divisible by {num_heads} heads")
-  dh = inner // num_heads
+  if inner % num_heads or v.shape[-1] % num_heads:
+    raise ValueError(f"widths {inner} (query) and {v.shape[-1]} (value) are not divisible by {num_heads} heads")
+  dh, dv = inner // num_heads, v.shape[-1] // num_heads
   q = q.reshape(b, lq, num_heads, dh)
   k = k.reshape(b, k.shape[1], num_heads, dh)
-  v = v.reshape(b, v.shape[1], num_heads, dh)
+  v = v.reshape(b, v.shape[1], num_heads, dv)
   logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * dh**-0.5
   weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
   out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-  return out.reshape(b, lq, inner)
+  return out.reshape(b, lq, num_heads * dv)
 
 
 class Attention(nn.Module):
