@@ -150,6 +150,9 @@ _SEPARATION_SCHEDULE = {
 }
 
 
+SEPARATION_SCALES = tuple(_SEPARATION_SCHEDULE)
+
+
 def separation_config(scale: str, method: str) -> ml_collections.ConfigDict:
   """DAVIS-Flow (`method="flow"`) or DAVIS (`"diffusion"`) at `toy` or `paper` scale (`avflow/tasks/separate.py`)."""
   from avflow.models.davis import presets as davis_presets

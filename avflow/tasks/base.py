@@ -22,6 +22,10 @@ class Task(abc.ABC):
     """Parameter path prefixes that stay frozen (pretrained encoders)."""
 
   @abc.abstractmethod
+  def pretrained_encoders(self, model_cfg) -> dict[str, tuple[str, ...]]:
+    """The pretrained encoders the model runs ("clip", "clap"), each with the path of its parameter subtree."""
+
+  @abc.abstractmethod
   def abstract_batch(self, config, batch_size: int = 1) -> dict[str, jax.ShapeDtypeStruct]:
     """Shapes and dtypes of a model input batch (for `jax.eval_shape`, no data needed)."""
 

@@ -57,6 +57,9 @@ class Separate(Task):
   def frozen_prefixes(self, model_cfg):
     return visual.frozen_prefixes(model_cfg)
 
+  def pretrained_encoders(self, model_cfg):
+    return {"clip": ("visual", "clip")} if model_cfg.conditioning.kind == "clip" else {}
+
   def abstract_batch(self, config, batch_size=1):
     data, cond = config.data, config.model.conditioning
     wave = jax.ShapeDtypeStruct((batch_size, data.clip_samples), jnp.float32)

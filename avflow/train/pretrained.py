@@ -16,9 +16,9 @@ from typing import Any
 
 import jax
 
+from avflow import tasks
 from avflow.errors import AvflowError
 from avflow.interop import hf_import
-from avflow.models.visah.highlighter import frozen_prefixes, pretrained_encoders
 from avflow.train.partition import frozen_mask
 
 IMPORTERS = {"clip": hf_import.import_clip, "clap": hf_import.import_clap}
@@ -36,7 +36,7 @@ def check_weights(config) -> None:
   """`EncoderWeightsError` (one line) when a CLIP / CLAP the conditioning runs has no weights and
   `model.conditioning.random_encoders` is off."""
   cond = config.model.conditioning
-  missing = [e for e in pretrained_encoders(config.model) if not cond[f"{e}_weights"]]
+  missing = [e for e in tasks.get(config).pretrained_encoders(config.model) if not cond[f"{e}_weights"]]
   if missing and not cond.random_encoders:
     names = " and ".join(field(e) for e in missing)
     raise EncoderWeightsError(
@@ -46,28 +46,45 @@ def check_weights(config) -> None:
         "encoders are intended")
 
 
+def _subtree(params, path):
+  for key in path:
+    params = params[key]
+  return params
+
+
+def _replace(params, path, value):
+  """`params` (nested dicts) with the subtree at `path` replaced by `value`."""
+  if not path:
+    return value
+  return {**params, path[0]: _replace(params[path[0]], path[1:], value)}
+
+
 def load_weights(config, params: Any) -> tuple[Any, dict]:
   """`params` with the configured encoder weights imported, and what was loaded per encoder: the field, the
   path, the files read and the number of (frozen) tensors imported. `hf_import.CheckpointMismatchError` names
   the field and every missing, unexpected or mis-shaped tensor."""
   cond = config.model.conditioning
-  used = pretrained_encoders(config.model)
+  task = tasks.get(config)
+  used = task.pretrained_encoders(config.model)
   for encoder in IMPORTERS:
-    if cond[f"{encoder}_weights"] and encoder not in used:
+    if cond.get(f"{encoder}_weights") and encoder not in used:
       logging.warning("%s is set but the %s conditioning runs no %s: not read", field(encoder), cond.kind,
                       encoder.upper())
-  params, loaded = dict(params), {}
-  frozen = frozen_prefixes(config.model)
-  for encoder in used:
+  loaded = {}
+  frozen = task.frozen_prefixes(config.model)
+  for encoder, subtree in used.items():
     path = cond[f"{encoder}_weights"]
     if not path:
       continue
     state, files = hf_import.load_pretrained(path)
     try:
-      params[encoder] = IMPORTERS[encoder](state, params[encoder])
+      params = _replace(params, subtree, IMPORTERS[encoder](state, _subtree(params, subtree)))
     except hf_import.CheckpointMismatchError as e:
       raise hf_import.CheckpointMismatchError(f"{field(encoder)}={path}: {e}") from e
-    mask = frozen_mask({encoder: params[encoder]}, frozen)
+    nested = _subtree(params, subtree)
+    for key in reversed(subtree):  # the imported subtree alone, at its path, for the frozen prefixes
+      nested = {key: nested}
+    mask = frozen_mask(nested, frozen)
     tensors = sum(jax.tree.leaves(mask))
     loaded[encoder] = dict(field=field(encoder), path=os.path.abspath(path),
                            files=[os.path.abspath(f) for f in files], tensors=int(tensors))
