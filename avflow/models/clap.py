@@ -129,6 +129,8 @@ def resample(x: jax.Array, orig_sr: int, new_sr: int, lowpass_filter_width: int 
              rolloff: float = 0.99) -> jax.Array:
   """Resample `x (..., L)` from `orig_sr` to `new_sr` (torchaudio `resample` semantics).
 
+  In JAX beside the host's `avflow.audio.resample` because CLAP resamples the mix inside the jitted model.
+
   Output length `ceil(L * new_sr / orig_sr)`.
   """
   if orig_sr == new_sr:
