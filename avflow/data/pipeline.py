@@ -8,7 +8,6 @@ from typing import Any, Protocol
 
 import grain
 import numpy as np
-from absl import flags
 
 from avflow.data import remix as remix_lib
 
@@ -59,7 +58,10 @@ class MuddyRemix(grain.transforms.RandomMap):
 
 def make_dataset(source: ClipSource, data_cfg, *, batch_size: int, seed: int, train: bool,
                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
-  """A batched Grain dataset over one process's shard; infinite and shuffled when `train`."""
+  """A batched Grain dataset over one process's shard; infinite and shuffled when `train`.
+
+  `data.worker_count` > 0 prefetches in Grain worker processes, which read absl flags: call it from an absl app
+  (the CLI) or after `absl.flags.FLAGS.mark_as_parsed()`."""
   if batch_size % process_count:
     raise ValueError(f"batch_size={batch_size} is not divisible by the {process_count} processes")
   ds = grain.MapDataset.source(source)[process_index::process_count]
@@ -71,8 +73,6 @@ def make_dataset(source: ClipSource, data_cfg, *, batch_size: int, seed: int, tr
   ds = ds.batch(batch_size // process_count, drop_remainder=train)
   ids = ds.to_iter_dataset()
   if data_cfg.get("worker_count", 0) > 0:
-    if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags: outside an absl app, use their defaults
-      flags.FLAGS.mark_as_parsed()
     ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.worker_count))
   return ids
 
