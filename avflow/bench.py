@@ -16,6 +16,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 from jax.extend import core
 
 from avflow import compile_cache, tasks
@@ -275,6 +276,8 @@ def bench_data(data_cfg, batch_size: int, workers=(0, 1, 2), warmup_examples: in
   rate is timed over `examples` after `warmup_examples` have been drawn; `first_batch_s` is the start-up time.
   """
   from avflow.data.pipeline import make_dataset, make_source
+  if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags: outside an absl app, use their defaults
+    flags.FLAGS.mark_as_parsed()
   out = {}
   for count in workers:
     cfg = copy.deepcopy(data_cfg)

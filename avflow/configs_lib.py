@@ -36,6 +36,18 @@ def set_field(config, path: str, value) -> None:
   node[leaf] = value
 
 
+def flat_fields(tree: dict, prefix: str = "") -> dict:
+  """A nested dict of fields (`config.to_dict()`) as {dotted path: value}, the paths `get_field` / `set_field` take;
+  an empty dict is a value."""
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and value:
+      out.update(flat_fields(value, f"{prefix}{key}."))
+    else:
+      out[prefix + key] = value
+  return out
+
+
 def shipped_configs_dir() -> str:
   """The config files avflow ships: `configs/` beside the `avflow` package in a source tree, else the installed
   `avflow_configs` package."""

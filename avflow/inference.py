@@ -15,6 +15,7 @@ import librosa
 import numpy as np
 import scipy.interpolate
 
+from avflow.audio import resample
 from avflow.metrics.loudness import integrated_loudness
 from avflow.models.visah.highlighter import Highlighter
 from avflow.train import checkpoint
@@ -184,7 +185,7 @@ def in_input_format(x1_hat: np.ndarray, x0: np.ndarray, rate: int, native: np.nd
   native = np.asarray(native, np.float32).reshape(-1, np.shape(native)[-1])
   length = native.shape[-1]
   if mode == "copy":
-    mono = librosa.resample(np.asarray(x1_hat, np.float32), orig_sr=rate, target_sr=native_rate)
+    mono = resample(x1_hat, rate, native_rate)
     mono = np.pad(mono, (0, max(0, length - len(mono))))[:length]
     return np.repeat(mono[None], len(native), axis=0)
   pred, freqs, times, _ = _gain_stft(np.asarray(x1_hat, np.float32), rate)

@@ -13,37 +13,55 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "configs"))
 
+from avflow.configs_lib import set_field  # noqa: E402  (after the environment above: JAX reads it on import)
 
-def tiny(config, encoders: bool = False):
-  """Shrinks a toy config so a train step compiles and runs in seconds on 2 CPU cores.
+
+# Dotted fields that shrink a toy config so a train step compiles and runs in seconds on 2 CPU cores.
+TINY = {
+    "batch_size": 2, "total_steps": 4, "log_every": 1, "eval_every": 4, "checkpoint_every": 2,
+    "data.clip_seconds": 1.0, "data.num_train_clips": 16, "data.num_eval_clips": 2, "data.image_size": 16,
+    "eval.batch_size": 2, "eval.num_samples": 1, "model.channels": 4, "model.latent.depth": 1,
+    "model.time_embed_dim": 16, "objective.num_steps": 2, "objective.horizon": 2, "inference.num_steps": 2,
+}
+# Smaller still, for tests that compile many steps (meshes, processes): 2 U-Net levels, no BLSTM/attention, FM only.
+MICRO = {
+    **TINY, "batch_size": 8, "total_steps": 2, "eval_every": 100, "data.clip_seconds": 0.25, "model.nfft": 64,
+    "model.depth": 2, "model.dconv_lstm": 99, "model.dconv_attn": 99, "model.latent.context_dim": 16,
+    "model.conditioning.kind": "frames_tiny", "objective.rollout_weight": 0.0, "optimizer.warmup_steps": 0,
+    "mesh.fsdp_min_size": 64,
+}
+CLIP_KINDS = ("clip", "clip_adapter")
+
+
+def tiny_fields(config, encoders: bool = False, micro: bool = False) -> dict:
+  """The dotted fields `tiny` sets on `config`: `MICRO` if `micro` else `TINY`, and the conditioning.
 
   Unless `encoders`, a CLIP / CLIP + CLAP conditioning is swapped for the tiny frame encoder: tests of the
   trainer, checkpoints and sharding then compile in a fraction of the time; tests of the encoders pass True.
   """
-  config.batch_size = 2
-  config.total_steps = 4
-  config.log_every = 1
-  config.eval_every = 4
-  config.checkpoint_every = 2
-  config.data.clip_seconds = 1.0
-  config.data.num_train_clips = 16
-  config.data.num_eval_clips = 2
-  config.data.image_size = 16
-  config.eval.batch_size = 2
-  config.eval.num_samples = 1
-  config.model.channels = 4
-  config.model.latent.depth = 1
-  if config.model.conditioning.kind in ("clip", "clip_adapter") and not encoders:
-    config.model.conditioning.kind = "frames_tiny"
-  if config.model.conditioning.kind in ("clip", "clip_adapter"):
-    config.model.latent.context_dim = 24  # the tiny CLIP's projection width
-  else:
-    config.model.latent.context_dim = 16
-  config.model.time_embed_dim = 16
-  config.objective.num_steps = 2
-  config.objective.horizon = 2
-  config.inference.num_steps = 2
+  fields = dict(MICRO if micro else TINY)
+  kind = fields.get("model.conditioning.kind", config.model.conditioning.kind)
+  if kind in CLIP_KINDS and not encoders:
+    fields["model.conditioning.kind"] = kind = "frames_tiny"
+  fields["model.latent.context_dim"] = 24 if kind in CLIP_KINDS else 16  # 24: the tiny CLIP's projection width
+  return fields
+
+
+def tiny(config, encoders: bool = False, micro: bool = False, **overrides):
+  """`config` with `tiny_fields(config, encoders, micro)` and then `overrides` (dotted keys) set."""
+  for path, value in {**tiny_fields(config, encoders, micro), **overrides}.items():
+    set_field(config, path, value)
   return config
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+  """PyTorch on one thread for a module: its small forwards are much faster so on a busy 2-core machine."""
+  import torch
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(threads)
 
 
 def cli_error(proc, command: str, status: int = 1) -> str:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import visah_fm
-from conftest import ROOT, tiny
+from conftest import ROOT, tiny_fields
 
 from avflow import ablate
 from avflow.models.visah.highlighter import describe_conditioning
@@ -14,19 +14,8 @@ from avflow.report.paper_tables import TABLES
 
 
 def _tiny_overrides() -> dict:
-  """conftest.tiny as flat overrides, minus the inference steps that Table 8's rows vary."""
-  base, small = visah_fm.get_config("toy").to_dict(), tiny(visah_fm.get_config("toy")).to_dict()
-
-  def changed(a, b, prefix=""):
-    out = {}
-    for k, v in b.items():
-      if isinstance(v, dict):
-        out.update(changed(a[k], v, f"{prefix}{k}."))
-      elif a[k] != v:
-        out[prefix + k] = v
-    return out
-
-  overrides = changed(base, small)
+  """conftest's tiny fields of the toy config, minus the inference steps that Table 8's rows vary."""
+  overrides = tiny_fields(visah_fm.get_config("toy"))
   overrides.pop("inference.num_steps")
   return overrides
 

@@ -33,13 +33,7 @@ PUBLIC_KEYS = 564  # the released VisAH Lightning checkpoint
 REL_TOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-  """The PyTorch forwards are much faster single-threaded on a busy 2-core machine."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cli(*args, fails=False, env=None):

@@ -9,13 +9,15 @@ import sys
 import jax
 import numpy as np
 import pytest
+import visah_fm
 
 from avflow.data.pipeline import device_batch, make_dataset, make_source
 from avflow.models.visah.highlighter import Highlighter
 from avflow.train import checkpoint, distributed
 from avflow.train.state import create_train_state, make_optimizer
 from avflow.train.step import make_train_step
-from test_sharding import FAST_COMPILE, MICRO, micro_config
+from conftest import MICRO, tiny
+from test_sharding import FAST_COMPILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Global batch 4 (2 rows per process); parameters sharded across the two processes (FSDP over hosts).
@@ -50,7 +52,7 @@ def test_two_processes_train_like_one_process_on_the_same_global_batches(tmp_pat
     assert f"process {i} of 2, 1 local of 2 devices" in err
 
   # The same global batches (process 0's rows, then process 1's) through the plain one-device step.
-  config = micro_config(**TWO_PROCESS)
+  config = tiny(visah_fm.get_config("toy"), micro=True, **TWO_PROCESS)
   model, tx = Highlighter(config.model), make_optimizer(config)
   source = make_source(config.data, "train")
   shards = [iter(make_dataset(source, config.data, batch_size=config.batch_size, seed=config.seed, train=True,

@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import visah_fm
 from jax.extend import core
 
 from avflow.data.pipeline import device_batch, make_dataset, make_source
@@ -10,7 +11,7 @@ from avflow.models.visah.highlighter import Highlighter
 from avflow.train import precision
 from avflow.train.state import create_train_state, make_optimizer
 from avflow.train.step import make_loss_fn, make_train_step
-from test_sharding import micro_config
+from conftest import tiny
 
 # bf16 keeps 8 significant bits (relative spacing 2^-8 ≈ 0.4 %); the loss may move by a few of those.
 LOSS_RTOL = 2e-2
@@ -55,7 +56,7 @@ def test_autocast_runs_matmuls_and_convs_in_bf16_through_scan_and_remat():
 
 @pytest.fixture(scope="module")
 def micro():
-  config = micro_config(**{"batch_size": 2})
+  config = tiny(visah_fm.get_config("toy"), micro=True, batch_size=2)
   model, tx = Highlighter(config.model), make_optimizer(config)
   batch = device_batch(next(iter(make_dataset(make_source(config.data, "train"), config.data, batch_size=2, seed=0,
                                               train=True))))

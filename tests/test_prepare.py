@@ -14,6 +14,7 @@ from PIL import Image
 
 from avflow import configs_lib
 from avflow.data import pipeline, records, video
+from avflow.data.records import discovery
 from avflow.metrics.loudness import stem_loudness
 from avflow.outputs import OutputError
 from test_video import make_video, picture, tone
@@ -245,14 +246,14 @@ def test_video_stems_layout(tmp_path):
 
 
 def test_hash_split_is_stable_and_groups_sub_clips(tmp_path):
-  splits = [records._hash_split(f"movie{i}") for i in range(2000)]
-  assert splits == [records._hash_split(f"movie{i}") for i in range(2000)]
+  splits = [discovery._hash_split(f"movie{i}") for i in range(2000)]
+  assert splits == [discovery._hash_split(f"movie{i}") for i in range(2000)]
   fractions = [splits.count(s) / len(splits) for s in records.SPLITS]
   np.testing.assert_allclose(fractions, records.HASH_FRACTIONS, atol=0.03)
   clips = [records.Clip(f"m{i}_{j:03d}", "", f"m{i}") for i in range(20) for j in range(3)]
   assigned = records.assign_splits(clips, str(tmp_path), records.Report())
   for split, members in assigned.items():
-    assert all(records._hash_split(c.group) == split for c in members)
+    assert all(discovery._hash_split(c.group) == split for c in members)
   assert sum(len(m) for m in assigned.values()) == 60
 
 
@@ -293,7 +294,7 @@ def test_prepare_with_a_config_then_train_on_three_clips(tmp_path, tiny_fm_confi
   inp, stems_dir, out, run_dir = tmp_path / "videos", tmp_path / "stems", tmp_path / "out", tmp_path / "run"
   os.makedirs(inp)
   names = ("beach", "city", "forest")
-  assert {records._hash_split(n) for n in names} == {"train"}  # the case that left train without a val split
+  assert {discovery._hash_split(n) for n in names} == {"train"}  # the case that left train without a val split
   for name in names:
     make_video(inp / f"{name}.mp4", seconds=2.0, audio=tone(2.0))
     os.makedirs(stems_dir / name)

@@ -14,32 +14,12 @@ import numpy as np
 import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
-from avflow.configs_lib import set_field
 from avflow.train import sharding
+from conftest import tiny
 
 MESHES = ((8, 1), (4, 2), (2, 4), (1, 8))
 # Subprocesses compile with LLVM's cheap settings (faster; results are compared within one XLA configuration).
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-# A micro model (2 U-Net levels, no BLSTM/attention, FM only) so that five compiles fit in a test.
-MICRO = {
-    "batch_size": 8, "total_steps": 2, "log_every": 1, "eval_every": 100, "checkpoint_every": 2,
-    "data.clip_seconds": 0.25, "data.num_train_clips": 16, "data.num_eval_clips": 2, "data.image_size": 16,
-    "eval.batch_size": 2, "eval.num_samples": 1, "model.channels": 4, "model.nfft": 64, "model.depth": 2,
-    "model.dconv_lstm": 99, "model.dconv_attn": 99, "model.latent.depth": 1, "model.latent.context_dim": 16,
-    "model.conditioning.kind": "frames_tiny",
-    "model.time_embed_dim": 16, "objective.rollout_weight": 0.0, "objective.num_steps": 2, "objective.horizon": 2,
-    "inference.num_steps": 2, "optimizer.warmup_steps": 0, "mesh.fsdp_min_size": 64,
-}
-
-
-def micro_config(**overrides):
-  """configs/visah_fm.py:toy with MICRO (and `overrides`, dotted keys) applied."""
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs"))
-  import visah_fm
-  config = visah_fm.get_config("toy")
-  for key, value in {**MICRO, **overrides}.items():
-    set_field(config, key, value)
-  return config
 
 
 def test_fsdp_rule_shards_the_largest_divisible_dimension():
@@ -69,9 +49,10 @@ def test_rules_match_state_paths_first_match_wins():
 
 
 def test_default_config_shards_every_large_tensor_including_frozen_encoders():
+  import visah_fm
   from avflow.models.visah.highlighter import Highlighter
   from avflow.train.state import abstract_params
-  config = micro_config(**{"mesh.fsdp_min_size": 1024})
+  config = tiny(visah_fm.get_config("toy"), micro=True, **{"mesh.fsdp_min_size": 1024})
   config.model.conditioning.kind = "clip"
   config.model.latent.context_dim = 24  # the tiny CLIP's projection
   params = abstract_params(Highlighter(config.model), config)
@@ -85,12 +66,13 @@ def test_default_config_shards_every_large_tensor_including_frozen_encoders():
 
 def _mesh_check() -> dict:
   """Runs one train step on one device and on each mesh of MESHES; returns the largest differences."""
+  import visah_fm
   from avflow.data.pipeline import device_batch, make_dataset, make_source
   from avflow.models.visah.highlighter import Highlighter
   from avflow.train.state import create_train_state, make_optimizer
   from avflow.train.step import make_train_step
 
-  config = micro_config()
+  config = tiny(visah_fm.get_config("toy"), micro=True)
   model, tx = Highlighter(config.model), make_optimizer(config)
   batch = device_batch(next(iter(make_dataset(make_source(config.data, "train"), config.data,
                                               batch_size=config.batch_size, seed=config.seed, train=True))))

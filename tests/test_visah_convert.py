@@ -27,13 +27,7 @@ SHAPES_JSON = os.path.join(os.path.dirname(__file__), "data", "visah_state_dict_
 REL_TOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-  """The PyTorch forwards are much faster single-threaded on a busy 2-core machine."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(scale, context_attention="legacy_batch_axis", **overrides):

@@ -13,13 +13,7 @@ SHAPES_JSON = os.path.join(os.path.dirname(__file__), "data", "visah_state_dict_
 PAPER_PARAMS = 59_956_090  # the public VContextEnc3 checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-  """These small forwards are much faster single-threaded on a busy 2-core machine."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cfg(scale, **latent):

@@ -9,7 +9,6 @@ from typing import Any, Protocol
 
 import grain
 import numpy as np
-from absl import flags
 
 from avflow.data import remix as remix_lib
 
@@ -61,7 +60,8 @@ class MuddyRemix(grain.transforms.RandomMap):
 def batch_dataset(source, *, batch_size: int, seed: int, train: bool, process_index: int = 0, process_count: int = 1,
                   transform: grain.transforms.RandomMap | None = None, worker_count: int = 0) -> grain.IterDataset:
   """`source` (len + getitem) batched over one process's shard, each example through `transform` first (seeded by
-  `seed`); infinite and shuffled when `train`; `worker_count` Grain worker processes when positive."""
+  `seed`); infinite and shuffled when `train`. `worker_count` > 0 prefetches in Grain worker processes, which read
+  absl flags: call it from an absl app (the CLI) or after `absl.flags.FLAGS.mark_as_parsed()`."""
   if batch_size % process_count:
     raise ValueError(f"batch_size={batch_size} is not divisible by the {process_count} processes")
   ds = grain.MapDataset.source(source)[process_index::process_count]
@@ -72,8 +72,6 @@ def batch_dataset(source, *, batch_size: int, seed: int, train: bool, process_in
   ds = ds.batch(batch_size // process_count, drop_remainder=train)
   ids = ds.to_iter_dataset()
   if worker_count > 0:
-    if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags: outside an absl app, use their defaults
-      flags.FLAGS.mark_as_parsed()
     ids = ids.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
   return ids
 

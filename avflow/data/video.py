@@ -14,11 +14,11 @@ import os
 import re
 
 import av
-import librosa
 import numpy as np
 import soundfile as sf
 from PIL import Image
 
+from avflow.audio import resample
 from avflow.errors import AvflowError
 
 AAC_BITRATE = 192_000
@@ -111,13 +111,11 @@ def read_audio(path: str) -> tuple[np.ndarray, int]:
 
 
 def mono_resample(audio: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
-  """(C, L) or (L,) audio → (L',) float32: the channel mean, resampled to `target_rate` (soxr, as librosa.load)."""
+  """(C, L) or (L,) audio → (L',) float32: the channel mean, resampled to `target_rate` (`avflow.audio.resample`)."""
   x = np.asarray(audio, dtype=np.float32)
   if x.ndim == 2:
     x = x.mean(axis=0)
-  if sample_rate != target_rate:
-    x = librosa.resample(x, orig_sr=sample_rate, target_sr=target_rate)
-  return np.ascontiguousarray(x, dtype=np.float32)
+  return np.ascontiguousarray(resample(x, sample_rate, target_rate))
 
 
 def read_video(path: str, sample_rate: int, image_size: int, frames_per_second: float = 1.0,

@@ -10,14 +10,14 @@ Unlike the public code, which indexes a clip's wav files in directory-listing or
 always matched and ordered by name.
 """
 import importlib
-import math
 from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
-import scipy.signal
 import scipy.special
 import soundfile
+
+from avflow.audio import resample
 
 KLD_FLOOR = 1e-6
 DEFAULT_IMAGEBIND_CHECKPOINT = ".checkpoints/imagebind_huge.pth"  # where ImageBind keeps its weights
@@ -93,15 +93,6 @@ def ib_for_clip(wav_paths: Sequence[Path], frame_paths: Sequence[Path],
   return ib_per_clip(audio, np.broadcast_to(frames, (len(audio), *frames.shape)))
 
 
-def resample(x, sr_in: int, sr_out: int) -> np.ndarray:
-  """Polyphase resampling along the last axis (the public code uses torchaudio's sinc resampler)."""
-  x = np.asarray(x, dtype=np.float64)
-  if sr_in == sr_out:
-    return x
-  g = math.gcd(sr_in, sr_out)
-  return scipy.signal.resample_poly(x, sr_out // g, sr_in // g, axis=-1)
-
-
 def classify(audio, sample_rate: int, classifier: AudioClassifier) -> np.ndarray:
   """Logits of `audio (B, L)` or `(B, L, 1)` at `sample_rate`, resampled to the classifier's rate."""
   audio = np.asarray(audio)
@@ -109,7 +100,7 @@ def classify(audio, sample_rate: int, classifier: AudioClassifier) -> np.ndarray
     audio = audio[..., 0]
   if audio.ndim != 2:
     raise ValueError(f"expected mono audio (B, L) or (B, L, 1), got {audio.shape}")
-  wav = resample(audio, sample_rate, classifier.sample_rate).astype(np.float32)
+  wav = resample(audio, sample_rate, classifier.sample_rate)
   return np.asarray(classifier(wav), dtype=np.float64)
 
 

@@ -9,6 +9,7 @@ display, by `paper_display`.
 
 Inputs are `(B, L)` or channels-last `(B, L, C)` float arrays (avflow's audio layout).
 """
+import librosa
 import numpy as np
 import scipy.signal
 import scipy.stats
@@ -37,24 +38,18 @@ def _check_pair(pred, target) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _stft_magnitude(x: np.ndarray, n_fft: int, hop: int, win_length: int) -> np.ndarray:
-  """`sqrt(re² + im² + 1e-8)` of `torch.stft(x, n_fft, hop, win_length, hann_window(win_length))`.
-
-  torch semantics: center=True with reflect padding of n_fft // 2, the periodic Hann window
-  zero-padded centered to n_fft, not normalized, one-sided. `x (N, L)` -> `(N, n_fft // 2 + 1, frames)`.
+  """`sqrt(re² + im² + 1e-8)` of `torch.stft(x, n_fft, hop, win_length, hann_window(win_length))`, by `librosa.stft`
+  with torch's semantics: center=True with reflect padding of n_fft // 2, the periodic Hann window zero-padded
+  centered to n_fft, not normalized, one-sided. `x (N, L)` -> `(N, n_fft // 2 + 1, frames)`.
   """
   if win_length > n_fft:
     raise ValueError(f"win_length {win_length} exceeds n_fft {n_fft}")
   pad = n_fft // 2
   if x.shape[-1] <= pad:
     raise ValueError(f"reflect padding of {pad} needs more than {pad} samples, got {x.shape[-1]}")
-  window = np.zeros(n_fft)
-  left = (n_fft - win_length) // 2
-  window[left:left + win_length] = scipy.signal.get_window("hann", win_length, fftbins=True)
-  padded = np.pad(x, ((0, 0), (pad, pad)), mode="reflect")
-  frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft, axis=-1)[:, ::hop]
-  spec = np.fft.rfft(frames * window, axis=-1)
-  mag = np.sqrt(spec.real ** 2 + spec.imag ** 2 + 1e-8)
-  return np.swapaxes(mag, -1, -2)
+  spec = librosa.stft(x, n_fft=n_fft, hop_length=hop, win_length=win_length, window="hann", center=True,
+                      pad_mode="reflect")
+  return np.sqrt(spec.real ** 2 + spec.imag ** 2 + 1e-8)
 
 
 def mag_distance(pred, target, sample_rate: int) -> float:

@@ -21,7 +21,7 @@ Front end, in JAX so that it runs inside the training graph on the remixed x0:
   cropped to `max_samples` (random start with a key, the first samples without), shorter ones
   padded per `padding` (`repeatpad`: whole repeats then zeros; `repeat`: repeats cut to length;
   `pad`: zeros);
-- `log_mel_spectrogram`: centered reflect-padded STFT with a periodic Hann window, power
+- `log_mel_spectrogram`: `avflow.nn.stft.stft` (centered, reflect-padded, periodic Hann), power
   spectrum, Slaney-scale Slaney-normalized mel filters (f_min..f_max), 10·log10 with a 1e-10
   floor, exactly the extractor's non-fusion path.
 Not reproduced: `truncation="fusion"` (the random 3-crop + downsampled 4-channel mel with the
@@ -45,6 +45,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from avflow.nn.stft import stft
 
 PADDING_MODES = ("repeatpad", "repeat", "pad")
 
@@ -129,6 +131,8 @@ def resample(x: jax.Array, orig_sr: int, new_sr: int, lowpass_filter_width: int 
              rolloff: float = 0.99) -> jax.Array:
   """Resample `x (..., L)` from `orig_sr` to `new_sr` (torchaudio `resample` semantics).
 
+  In JAX beside the host's `avflow.audio.resample` because CLAP resamples the mix inside the jitted model.
+
   Output length `ceil(L * new_sr / orig_sr)`.
   """
   if orig_sr == new_sr:
@@ -198,14 +202,10 @@ def mel_filter_bank(num_freqs: int, num_mels: int, f_min: float, f_max: float, s
 
 def log_mel_spectrogram(audio: jax.Array, config: "CLAPConfig") -> jax.Array:
   """`audio (B, L)` at `config.sample_rate` -> log-mel in dB `(B, M, T, 1)` (freq, time, channel)."""
-  n, hop = config.n_fft, config.hop_length
-  x = jnp.pad(audio, ((0, 0), (n // 2, n // 2)), mode="reflect")
-  num_frames = 1 + (x.shape[1] - n) // hop
-  window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)
-  frames = x[:, np.arange(num_frames)[:, None] * hop + np.arange(n)[None]] * jnp.asarray(window, x.dtype)
-  power = jnp.abs(jnp.fft.rfft(frames, axis=-1)) ** 2
+  n = config.n_fft
+  power = jnp.abs(stft(audio, n, config.hop_length)) ** 2
   filters = mel_filter_bank(n // 2 + 1, config.num_mel_bins, config.f_min, config.f_max, config.sample_rate)
-  mel = jnp.einsum("btf,fm->bmt", power, jnp.asarray(filters, power.dtype))
+  mel = jnp.einsum("bft,fm->bmt", power, jnp.asarray(filters, power.dtype))
   return (10.0 * jnp.log10(jnp.maximum(mel, 1e-10)))[..., None]
 
 

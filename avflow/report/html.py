@@ -15,8 +15,8 @@ import os
 import re
 from urllib.parse import quote
 
+import librosa
 import numpy as np
-import scipy.signal
 import soundfile as sf
 from matplotlib.figure import Figure
 
@@ -99,10 +99,14 @@ def waveform_png(audio: np.ndarray, sample_rate: int, path: str, columns: int = 
 
 
 def spectrogram_png(audio: np.ndarray, sample_rate: int, path: str) -> None:
-  """The STFT magnitude in dB on a fixed scale ([−100, 0] dB re full scale), so streams compare by colour."""
-  nperseg = int(min(512, max(16, len(audio))))
-  freqs, times, spec = scipy.signal.stft(audio, sample_rate, nperseg=nperseg)
-  db = 20.0 * np.log10(np.abs(spec) + 1e-10)
+  """The STFT magnitude in dB on a fixed scale ([−100, 0] dB re full scale: the Hann window's sum is 0 dB), so
+  streams compare by colour."""
+  n_fft = int(min(512, max(16, len(audio))))
+  hop = n_fft // 2
+  spec = librosa.stft(np.asarray(audio, np.float32), n_fft=n_fft, hop_length=hop, window="hann", pad_mode="constant")
+  freqs = librosa.fft_frequencies(sr=sample_rate, n_fft=n_fft)
+  times = np.arange(spec.shape[-1]) * hop / sample_rate
+  db = 20.0 * np.log10(np.abs(spec) / librosa.filters.get_window("hann", n_fft).sum() + 1e-10)
   fig, ax = _figure()
   ax.imshow(db, origin="lower", aspect="auto", cmap="magma", vmin=-100.0, vmax=0.0,
             extent=(times[0], times[-1], freqs[0] / 1000, freqs[-1] / 1000))

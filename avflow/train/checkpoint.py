@@ -12,6 +12,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from avflow.configs_lib import flat_fields
 from avflow.errors import AvflowError, RunNotFoundError
 
 CONFIG_FILE = "config.json"
@@ -99,24 +100,14 @@ def run_files(run_dir: str) -> list[str]:
   return [os.path.join(run_dir, entry) for entry in RUN_ENTRIES]
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict) and value:
-      out.update(_flat(value, f"{prefix}{key}."))
-    else:
-      out[prefix + key] = value
-  return out
-
-
 def check_resumable(workdir: str, config: ml_collections.ConfigDict) -> None:
   """Raises `ConfigMismatchError` listing each field (dotted path, saved → requested) in which `config` differs
   from the run's saved config, other than those of `RESUMABLE_FIELDS`."""
   if not os.path.exists(os.path.join(workdir, CONFIG_FILE)):
     raise ConfigMismatchError(f"cannot resume {workdir}: it holds checkpoints but no {CONFIG_FILE} to check the "
                               "requested config against")
-  saved = _flat(load_config(workdir).to_dict())
-  requested = _flat(json.loads(config.to_json_best_effort()))
+  saved = flat_fields(load_config(workdir).to_dict())
+  requested = flat_fields(json.loads(config.to_json_best_effort()))
 
   def show(tree, name):
     return json.dumps(tree[name]) if name in tree else "(absent)"
