@@ -21,7 +21,7 @@ from avflow import tasks
 from avflow.configs_lib import set_field, shipped_configs_dir
 from avflow.metrics.signal import paper_display
 from avflow.models.visah.highlighter import describe_conditioning
-from avflow.report.paper_tables import METRICS, TABLES
+from avflow.report.paper_tables import METRICS, TABLES, table_metrics
 from avflow.train import checkpoint
 from avflow.train.loop import train
 from avflow.train.state import check_batch
@@ -38,22 +38,38 @@ class Row:
   config_file: str
   variant: str
   paper: dict
+  every_seed: bool = True  # False: trained with the first seed only (a table's rows outside its "main" ones)
+
+  @property
+  def name(self) -> str:
+    """The row's folder and wall-time key: its variant, prefixed by its config file unless that is visah_fm.py."""
+    return self.variant if self.config_file == "visah_fm.py" else f"{self.config_file[:-3]}_{self.variant}"
+
+
+def table_names() -> list[str]:
+  """The tables `ablate` reproduces: VisAH-FM's by number, then the other systems' by name."""
+  return sorted(TABLES, key=lambda t: (not t.isdigit(), int(t) if t.isdigit() else 0, t))
 
 
 def table_rows(table: str, scale: str) -> list[Row]:
-  """The rows of a table as config variants at `scale` (the unprocessed input row has no config)."""
+  """The rows of a table as config variants at `scale` (the unprocessed input row has no config): a key
+  `<file>:<suffix>` is `configs/<file>.py:<scale>_<suffix>` (`<scale>` for an empty suffix), any other key a row of
+  `configs/visah_fm.py`."""
   if table not in TABLES:
-    raise ValueError(f"unknown table {table!r}; expected one of {sorted(TABLES, key=int)}")
+    raise ValueError(f"unknown table {table!r}; expected one of {', '.join(table_names())}")
+  main = TABLES[table].get("main")
   rows = []
   for key, paper in TABLES[table]["rows"].items():
     if key == "input":
       continue
-    if key.startswith("visah:"):
-      suffix = key.split(":", 1)[1]
-      rows.append(Row(key, paper["label"], "visah.py", f"{scale}_{suffix}" if suffix else scale, paper))
-    else:
-      rows.append(Row(key, paper["label"], "visah_fm.py", f"{scale}_{key}", paper))
+    stem, _, suffix = key.rpartition(":")
+    rows.append(Row(key, paper["label"], f"{stem or 'visah_fm'}.py", f"{scale}_{suffix}" if suffix else scale, paper,
+                    every_seed=main is None or key in main))
   return rows
+
+
+def row_seeds(row: Row, seeds: list[int]) -> list[int]:
+  return seeds if row.every_seed else seeds[:1]
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -112,14 +128,14 @@ def _training_key(config) -> str:
 
 
 def _workdir(root: str, table: str, scale: str, row: Row, seed: int) -> str:
-  return os.path.join(root, f"table{table}_{scale}", row.variant, f"seed{seed}")
+  return os.path.join(root, f"table{table}_{scale}", row.name, f"seed{seed}")
 
 
 def launch_commands(table: str, scale: str, seeds: list[int], root: str, overrides: dict | None = None) -> list[str]:
   """The `python -m avflow train` command of every row and seed (for a cluster: see launch/ablate_sweep.sh)."""
   out = []
   for row in table_rows(table, scale):
-    for seed in seeds:
+    for seed in row_seeds(row, seeds):
       workdir = _workdir(root, table, scale, row, seed)
       out.append(" ".join(["python", "-m", "avflow", "train",
                            shlex.quote(f"--config=configs/{row.config_file}:{row.variant}"),
@@ -190,7 +206,7 @@ def run_table(table: str, scale: str, seeds: list[int], root: str, total_steps: 
       config.total_steps = total_steps
       config.eval_every = config.checkpoint_every = total_steps
     results[row.key] = {}
-    for seed in seeds:
+    for seed in row_seeds(row, seeds):
       config.seed = seed
       key = _training_key(config)
       workdir = _finished_run(root, key, config)
@@ -205,7 +221,7 @@ def run_table(table: str, scale: str, seeds: list[int], root: str, total_steps: 
         train(config, workdir, resume=resume)
         _record_train_seconds(workdir, time.time() - start)
       start = time.time()
-      report_dir = os.path.join(workdir, f"eval_{row.variant}")
+      report_dir = os.path.join(workdir, f"eval_{row.name}")
       report = _stored_evaluation(report_dir, config)
       if report is None:
         os.makedirs(report_dir, exist_ok=True)
@@ -216,9 +232,9 @@ def run_table(table: str, scale: str, seeds: list[int], root: str, total_steps: 
         with open(os.path.join(report_dir, EVAL_KEY_FILE), "w") as f:
           json.dump({"config": _evaluation_key(config)}, f)
       results[row.key][seed] = report
-      wall[f"{row.variant}/{seed}"] = {"train_s": _stored_train_seconds(workdir), "eval_s": time.time() - start,
+      wall[f"{row.name}/{seed}"] = {"train_s": _stored_train_seconds(workdir), "eval_s": time.time() - start,
                                        "reused": reused}
-      runs[f"{row.variant}/{seed}"] = workdir
+      runs[f"{row.name}/{seed}"] = workdir
   return {"results": results, "wall_s": wall, "runs": runs, "conditioning": conditioning, "not_run": not_run}
 
 
@@ -240,30 +256,33 @@ def _mean_std(values):
 
 
 def summarize(table: str, scale: str, seeds: list[int], run: dict, root: str) -> dict:
-  """Per row: our display-scaled metrics (mean, std over seeds; LDif per seed), trajectory drift, the paper's row,
-  and the run (relative to the runs `root`) each seed was evaluated from."""
+  """Per row: our metrics (mean, std over seeds; the headline metric per seed), display-scaled as the paper's
+  tables are, trajectory drift where the sampler records it, the paper's row, and the run (relative to the runs
+  `root`) each seed was evaluated from."""
+  metrics, headline = table_metrics(table), TABLES[table].get("headline", "ldif")
+  display = paper_display if metrics == METRICS else dict  # VisAH-FM prints ×100 (but LDif); dB stay dB
   rows = {}
   for row in table_rows(table, scale):
     if row.key in run["not_run"]:
       rows[row.key] = {"label": row.label, "config": f"configs/{row.config_file}:{row.variant}",
                        "conditioning": run["conditioning"][row.key], "not_run": run["not_run"][row.key],
-                       "paper": {m: row.paper.get(m) for m in METRICS}}
+                       "paper": {m: row.paper.get(m) for m in metrics}}
       continue
     reports = run["results"][row.key]
     ours = {}
-    for metric in METRICS:  # IB and KLD only where eval.semantic computed them
-      ours[metric] = _mean_std([paper_display(r["prediction"]).get(metric) for r in reports.values()])
+    for metric in metrics:  # IB and KLD only where eval.semantic computed them
+      ours[metric] = _mean_std([display(r["prediction"]).get(metric) for r in reports.values()])
     cosine = [r["trajectory"]["waveform"]["cosine"] for r in reports.values() if "trajectory" in r]
     rows[row.key] = {
         "label": row.label, "config": f"configs/{row.config_file}:{row.variant}",
         "conditioning": run["conditioning"][row.key], "ours": ours,
-        "ldif_per_seed": {seed: paper_display(r["prediction"])["ldif"] for seed, r in reports.items()},
-        "runs": {seed: os.path.relpath(run["runs"][f"{row.variant}/{seed}"], root) for seed in reports},
-        "input": {m: _mean_std([paper_display(r["input"]).get(m) for r in reports.values()])[0] for m in METRICS},
+        f"{headline}_per_seed": {seed: display(r["prediction"])[headline] for seed, r in reports.items()},
+        "runs": {seed: os.path.relpath(run["runs"][f"{row.name}/{seed}"], root) for seed in reports},
+        "input": {m: _mean_std([display(r["input"]).get(m) for r in reports.values()])[0] for m in metrics},
         "cosine_per_step": np.mean(cosine, axis=0).tolist() if cosine else None,
         "curvature": _mean_std([r["trajectory"]["waveform"]["curvature"] for r in reports.values()
                                 if "trajectory" in r])[0],
-        "paper": {m: row.paper.get(m) for m in METRICS},
+        "paper": {m: row.paper.get(m) for m in metrics},
     }
   return {"table": table, "title": TABLES[table]["title"], "scale": scale, "seeds": seeds, "rows": rows,
           "wall_s": run["wall_s"]}
@@ -289,6 +308,8 @@ def _wall_line(wall: dict) -> str:
 
 def markdown(summary: dict) -> str:
   s = summary
+  if table_metrics(s["table"]) != METRICS:
+    return _markdown_dB(summary)
   conditioning = _conditioning_text({r["label"]: r["conditioning"] for r in s["rows"].values()})
   lines = [f"# Table {s['table']} at `{s['scale']}` scale: {s['title']}", "", f"Conditioning: {conditioning}.", "",
            f"Seeds: {s['seeds']}. Ours: mean ± std over seeds, display-scaled like the paper (×100 except LDif); "
@@ -317,9 +338,39 @@ def markdown(summary: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _markdown_dB(summary: dict) -> str:
+  """A separation table: SDR / SIR / SAR in dB, ours (mean ± std over seeds, SDR per seed) beside the paper's."""
+  s = summary
+  metrics, headline = table_metrics(s["table"]), TABLES[s["table"]]["headline"]
+  names = [m.upper() for m in metrics]
+  conditioning = _conditioning_text({r["label"]: r["conditioning"] for r in s["rows"].values()})
+  lines = [f"# {s['title']} at `{s['scale']}` scale", "", f"Conditioning: {conditioning}.", "",
+           f"Seeds: {s['seeds']} for the rows {', '.join(TABLES[s['table']]['main'])}, the first seed for the others. "
+           "Ours: mean ± std over seeds, dB, on held-out pairs. Paper: the published MUSIC numbers (paper scale, "
+           "real videos), for reference only — the scales differ.", "",
+           "| row | config | " + " | ".join(f"{n} ours" for n in names) + f" | {headline.upper()} per seed | "
+           + " | ".join(f"{n} paper" for n in names) + " |",
+           "|---|---|" + "---|" * (2 * len(metrics) + 1)]
+  for r in s["rows"].values():
+    paper = " | ".join(_fmt(r["paper"][m]) for m in metrics)
+    if "not_run" in r:
+      lines.append(f"| {r['label']} | `{r['config']}` | not run at this scale: {r['not_run']} |"
+                   + " |" * len(metrics) + f" {paper} |")
+      continue
+    per_seed = " / ".join(_fmt(v) for v in r[f"{headline}_per_seed"].values())
+    lines.append(f"| {r['label']} | `{r['config']}` | " + " | ".join(_fmt(*r["ours"][m]) for m in metrics)
+                 + f" | {per_seed} | {paper} |")
+  first = next(r for r in s["rows"].values() if "not_run" not in r)["input"]
+  lines += ["", "Input (the unprocessed mixture as the estimate of both sources): "
+            + ", ".join(f"{m.upper()} {_fmt(first[m])}" for m in metrics if first.get(m) is not None),
+            "", _wall_line(s["wall_s"])]
+  return "\n".join(lines) + "\n"
+
+
 def write(summary: dict, out_dir: str) -> tuple[str, str]:
   os.makedirs(out_dir, exist_ok=True)
-  base = os.path.join(out_dir, f"table{summary['table']}_{summary['scale']}")
+  name = TABLES[summary["table"]].get("file", f"table{summary['table']}")
+  base = os.path.join(out_dir, f"{name}_{summary['scale']}")
   with open(base + ".json", "w") as f:
     json.dump(summary, f, indent=2)
   with open(base + ".md", "w") as f:
