@@ -1,15 +1,16 @@
 """The DAVIS audio front end: STFT magnitude, log-frequency warp, log compression, mixture-phase resynthesis.
 
-DAVIS (Sec. 3.1, Alg. 1–2) separates in a compressed log-frequency magnitude domain:
+DAVIS (Sec. 3.4–3.5, App. C, Alg. 1–2) separates in a compressed log-frequency magnitude domain:
 
     X = |STFT(a)|                                  Hann n_fft = 1022, hop 256 at 11.025 kHz -> 512 bins
     W = warp(X)                                    the Sound-of-Pixels log-frequency resampling to 256 bins
     x = clip(σ · log(1 + W), 0, 1)                 σ = 0.15, the model's domain
     â = iSTFT(unwarp(exp(|x̂| / σ) − 1) · e^{i∠STFT(a_mix)})   magnitude estimate with the mixture phase
 
-The STFT is `avflow.nn.stft` with librosa's defaults (`center`, reflect padding, periodic Hann window). The warp
-and unwarp are the public code's bilinear `grid_sample` (align_corners) on the `warpgrid` grids, written here as
-fixed interpolation matrices along the frequency axis (the time grid of `warpgrid` is the identity):
+The STFT is `avflow.nn.stft` with the defaults of the librosa the public code pins (0.9: `center`, reflect
+padding, periodic Hann window). The warp and unwarp are the public code's bilinear `grid_sample` (align_corners)
+on the `warpgrid` grids, written here as fixed interpolation matrices along the frequency axis (the time grid of
+`warpgrid` is the identity):
 
     warp:   output row i of n_out samples input bin p_i = (n_in − 1) · (21^{i/(n_out−1)} − 1) / 20
     unwarp: output bin j of n_out samples warped row q_j = (n_in − 1) · log(1 + 20 j/(n_out−1)) / log 21
@@ -103,7 +104,7 @@ class Spectrogram:
     return self.n_fft // 2 + 1
 
   def spec(self, wave: jax.Array) -> jax.Array:
-    """Complex STFT `(B, n_fft // 2 + 1, T)` of `wave (B, L)` (librosa's `stft` semantics)."""
+    """Complex STFT `(B, n_fft // 2 + 1, T)` of `wave (B, L)` (`librosa.stft` with reflect padding)."""
     return stft(wave, self.n_fft, self.hop)
 
   def to_model(self, spec: jax.Array) -> jax.Array:

@@ -4,7 +4,7 @@
 `scripts/run_fm.sh`): 11.025 kHz, 65,535 samples, STFT 1022 / 256 warped to a 256 x 256 input; attention at all 5
 levels with `n_freqs` 256/128/64/32/16; CLIP ViT-B/32 on 11 frames; a 512-wide temporal transformer (3 encoder +
 1 decoder layers, 8 heads, FF 2048). Parameters: U-Net 36,549,603, temporal transformer 13,663,232 (the public
-counts; the paper's Table 8 says 35.04 M for the U-Net).
+counts; the paper's Tables 2 and 8 say 35.04 M for the U-Net).
 
 `toy`: 8 kHz, 2,047 samples, STFT 126 / 64 warped to a 32 x 32 input; 3 levels of 16/16/32 channels with the TF
 and time attentions at the coarsest level only; the tiny trainable frame encoder and a 32-wide 1 + 1-layer temporal

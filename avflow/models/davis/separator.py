@@ -1,9 +1,10 @@
 """DAVIS / DAVIS-Flow as one Flax module: the visual encoder (frames -> one vector) and the Separation U-Net.
 
 The U-Net sees the compressed log-frequency magnitudes (`avflow.nn.spectrogram`) of the mixture and of the
-current state x_t, `(B, F, T, 1)` each. DAVIS-Flow (Sec. 3.3) reads its output as the velocity v(x_t, t, c) of the
-Gaussian-to-source path, DAVIS (DDPM, Sec. 3.1) as the noise ε(x_t, t, c); the call is the same, with the DDPM
-step n passed as t = n / 1000. c = (mixture, visual vector), and the visual vector enters only at the bottleneck.
+current state x_t, `(B, F, T, 1)` each. DAVIS-Flow (Sec. 3.1.2, 3.4) reads its output as the velocity
+v(x_t, t, c) of the Gaussian-to-source path, DAVIS (DDPM, Sec. 3.1.1) as the noise ε(x_t, t, c); the call is the
+same, with the DDPM step n passed as t = n / 1000. c = (mixture, visual vector), and the visual vector enters only
+at the bottleneck.
 
 Parameters: `{"visual": {clip | frame_encoder, temporal_transformer}, "unet": ...}`; `parameter_counts` gives
 them per part from `jax.eval_shape` (nothing allocated).

@@ -1,4 +1,4 @@
-"""The DAVIS Separation U-Net (Sec. 3.2, Fig. 2) in Flax, channels-last `(B, F, T, C)`.
+"""The DAVIS Separation U-Net (Sec. 3.3, Fig. 2–3) in Flax, channels-last `(B, F, T, C)`.
 
     x    = init_conv([mixture, x_t])                          1x1 conv; the mixture is a conditioning channel
     temb = MLP(sinusoidal(1000 t))                            dim -> 4 dim (GELU), fed to every CA block
@@ -28,23 +28,20 @@ Differences from the public code, all without parameters: input sizes are read f
 fixes F = 256 per level 256/128/64/32/16; here `model.freq_bins` is checked against the input), and `t` is flow
 time in [0, 1], embedded as `1000 t` (DDPM step n is t = n / 1000).
 
-Flax name -> PyTorch key of `Unet` (Dense `kernel` = `weight.T`; conv `kernel (kh, kw, in, out)` =
-`weight.transpose(2, 3, 1, 0)`; LayerNorm `scale` = `g`):
+Flax name -> PyTorch key of the public `Unet` (Dense `kernel` = `weight.T`; conv `kernel (kh, kw, in, out)` =
+`weight.transpose(2, 3, 1, 0)`; LayerNorm `scale` = `g` or GroupNorm `weight`); X is `downs` or `ups`:
 
-| Flax                                      | PyTorch                                               |
-|-------------------------------------------|-------------------------------------------------------|
-| init_conv, final_conv, final_res_block    | init_conv, final_conv, final_res_block                |
-| time_mlp_1, time_mlp_3                    | time_mlp.1, time_mlp.3                                |
-| {downs,ups}_{i}_0/{mlp,block1,block2,res_conv} | {downs,ups}.{i}.0.{mlp.1,block1,block2,res_conv} |
-| {downs,ups}_{i}_1/norm, .../mlp           | {downs,ups}.{i}.1.fn.norm.g, ....1.fn.fn.mlp.1        |
-| {downs,ups}_{i}_1/{to_qkv,to_out,out_norm}| {downs,ups}.{i}.1.fn.fn.{to_qkv,to_out.0,to_out.1.g}  |
-| {downs,ups}_{i}_2/mlp                     | {downs,ups}.{i}.2.fn.mlp.1                            |
-| {downs,ups}_{i}_2/{query,key,value}       | {downs,ups}.{i}.2.fn.attn_conv_{Q,K,V}_{h} (stacked over heads h) |
-| {downs,ups}_{i}_2/concat_proj             | {downs,ups}.{i}.2.fn.attn_concat_proj                 |
-|   .../kernel[h] (C, E), bias[h], slope[h] |   .0.weight[:, :, 0, 0].T, .0.bias, .1.weight         |
-|   .../gamma[h], beta[h] (F, E)            |   .2.gamma[0, :, 0, :].T, .2.beta                     |
-| downs_{i}_3/conv, ups_{i}_3/conv          | downs.{i}.3.1, ups.{i}.3.1 (last level: {downs,ups}_{i}_3 = .3) |
-| mid_block1, mid_attn/{norm,to_qkv,to_out,mlp}, mid_block2 | mid_block1, mid_attn.fn.{norm.g,fn.to_qkv,...}, mid_block2 |
+    init_conv, time_mlp_{1,3}, final_res_block, final_conv      init_conv, time_mlp.{1,3}, final_res_block, ...
+    X_{i}_0/{mlp, block{1,2}/{proj,norm}, res_conv}             X.{i}.0.{mlp.1, block{1,2}.{proj,norm}, res_conv}
+    X_{i}_1/{norm, mlp, to_qkv, to_out, out_norm}               X.{i}.1.fn.{norm.g, fn.mlp.1, fn.to_qkv, fn.to_out.0,
+                                                                fn.to_out.1.g}
+    X_{i}_2/mlp                                                 X.{i}.2.fn.mlp.1
+    X_{i}_2/{query,key,value}/*[h]                              X.{i}.2.fn.attn_conv_{Q,K,V}_{h}
+    X_{i}_2/concat_proj/*[0]                                    X.{i}.2.fn.attn_concat_proj
+      kernel[h] (C, W), bias[h], slope[h], gamma[h] (F, W)        .0.weight[:, :, 0, 0].T, .0.bias, .1.weight[0],
+                                                                  .2.gamma[0, :, 0, :].T (beta alike)
+    X_{i}_3/conv (last level: X_{i}_3)                          X.{i}.3.1 (last level: X.{i}.3)
+    mid_block{1,2}, mid_attn/{norm, mlp, to_qkv, to_out}        mid_block{1,2}, mid_attn.fn.{norm.g, fn.mlp.1, ...}
 """
 import functools
 import math
@@ -96,12 +93,24 @@ def _channel_norm(name: str) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=_EPS, use_bias=False, use_fast_variance=False, name=name)
 
 
-def _film(x: jax.Array, temb: Optional[jax.Array], name: str) -> jax.Array:
-  """`x·(1 + scale) + shift` with `(scale, shift) = Linear(SiLU(temb))` per channel; `x` when `temb` is None."""
+def _time_scale_shift(temb: Optional[jax.Array], width: int, name: str) -> Optional[tuple]:
+  """The time FiLM's `(scale, shift) = split(Linear(SiLU(temb)))`, each `(B, 1, 1, width)`; None without `temb`."""
   if temb is None:
+    return None
+  return tuple(jnp.split(dense(2 * width, temb.shape[-1], name)(nn.silu(temb))[:, None, None], 2, axis=-1))
+
+
+def _modulate(x: jax.Array, scale_shift: Optional[tuple]) -> jax.Array:
+  """`x·(1 + scale) + shift`; `x` when `scale_shift` is None."""
+  if scale_shift is None:
     return x
-  scale, shift = jnp.split(dense(2 * x.shape[-1], temb.shape[-1], name)(nn.silu(temb)), 2, axis=-1)
-  return x * (1 + scale[:, None, None]) + shift[:, None, None]
+  scale, shift = scale_shift
+  return x * (1 + scale) + shift
+
+
+def _film(x: jax.Array, temb: Optional[jax.Array], name: str) -> jax.Array:
+  """The time FiLM of the attentions: `x` modulated per channel by `temb` (unchanged when `temb` is None)."""
+  return _modulate(x, _time_scale_shift(temb, x.shape[-1], name))
 
 
 class Block(nn.Module):
@@ -113,11 +122,7 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, scale_shift=None) -> jax.Array:
     x = _conv(x, self.features, 3, self.impl, "proj", standardize=True)
-    x = group_norm(self.groups, "norm")(x)
-    if scale_shift is not None:
-      scale, shift = scale_shift
-      x = x * (1 + scale) + shift
-    return nn.silu(x)
+    return nn.silu(_modulate(group_norm(self.groups, "norm")(x), scale_shift))
 
 
 class ResnetBlock(nn.Module):
@@ -128,10 +133,7 @@ class ResnetBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, temb: Optional[jax.Array]) -> jax.Array:
-    scale_shift = None
-    if temb is not None:
-      h = dense(2 * self.features, temb.shape[-1], "mlp")(nn.silu(temb))
-      scale_shift = jnp.split(h[:, None, None], 2, axis=-1)
+    scale_shift = _time_scale_shift(temb, self.features, "mlp")
     h = Block(self.features, self.groups, self.impl, name="block1")(x, scale_shift)
     h = Block(self.features, self.groups, self.impl, name="block2")(h)
     if x.shape[-1] != self.features:
@@ -156,8 +158,8 @@ class LinearAttention(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, temb: Optional[jax.Array]) -> jax.Array:
     b, f, t, c = x.shape
-    q, k, v = (a.reshape(b, f * t, self.heads, self.dim_head) for a in _qkv(x, temb, self.heads, self.dim_head,
-                                                                          self.impl))
+    qkv = _qkv(x, temb, self.heads, self.dim_head, self.impl)
+    q, k, v = (a.reshape(b, f * t, self.heads, self.dim_head) for a in qkv)
     q = jax.nn.softmax(q, axis=-1) * self.dim_head**-0.5
     k = jax.nn.softmax(k, axis=1)
     context = jnp.einsum("bnhd,bnhe->bhde", k, v / (f * t))

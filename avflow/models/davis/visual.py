@@ -1,4 +1,4 @@
-"""The visual side of DAVIS (Sec. 3.2 "Visual conditioning"): per-frame features -> temporal transformer -> mean.
+"""The visual side of DAVIS (Sec. 3.3, "Visual Condition Aggregation"): frame features -> transformer -> mean.
 
     I_j = Enc_v(frame_j)                      frozen CLIP ViT-B/32 `encode_image` (512-d, not normalized)
     H   = Transformer(I, I)                   `nn.Transformer(512, 8 heads, 3 encoder + 1 decoder, FF 2048)`
