@@ -45,5 +45,6 @@ def main(argv):
   params = abstract_params(task.build(config.model), config)
   cond = config.model.conditioning
   lines = count_table(params, task.frozen_prefixes(config.model), flags.FLAGS.depth)
-  lines += [f"model.conditioning.{name}: {cond[name] or '(none)'}" for name in ("clip_weights", "clap_weights")]
+  lines += [f"model.conditioning.{name}_weights: {cond[f'{name}_weights'] or '(none)'}"
+            for name in task.pretrained_encoders(config.model)]
   print("\n".join(lines))

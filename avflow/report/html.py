@@ -27,11 +27,13 @@ from avflow.metrics.signal import paper_display
 REPORT_NAME = "report.html"
 ASSETS_DIR = "report_files"
 FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg")
-METRIC_NAMES = {"ldif": "LDif", "mag": "Mag", "env": "Env", "was": "Was"}
+METRIC_NAMES = {"ldif": "LDif", "mag": "Mag", "env": "Env", "was": "Was", "sdr": "SDR (dB)", "sir": "SIR (dB)",
+                "sar": "SAR (dB)"}
+PAPER_SCALED = ("ib", "kld", "ldif", "mag", "env", "was")  # VisAH-FM's metrics, printed ×100 but LDif by its paper
 # Which way each metric improves: LDif and the signal distances, the trajectory's variance and curvature (a
 # straighter path) and the losses go down; the cosine to the ground-truth velocity goes up.
 BETTER = {"ldif": "lower", "mag": "lower", "env": "lower", "was": "lower", "variance": "lower", "curvature": "lower",
-          "cosine": "higher", "loss": "lower"}
+          "cosine": "higher", "loss": "lower", "sdr": "higher", "sir": "higher", "sar": "higher"}
 NOT_LOSSES = ("step", "grad_norm", "examples_per_s")  # the other fields of metrics.jsonl
 STREAM_COLORS = {"input": "0.6", "prediction": "tab:blue", "target": "tab:green"}
 STYLE = """
@@ -213,7 +215,8 @@ def loudness_png(loud: dict, path: str) -> None:
 
 
 def metrics_html(report: dict) -> str:
-  """The eval.json summary: run fields, then a metric table (raw and paper scaling) for input and prediction."""
+  """The eval.json summary: run fields, then a metric table for input and prediction (raw values, and VisAH-FM's
+  metrics also in the paper's scaling)."""
   rows = []
   for key, value in report.items():
     if key in ("input", "prediction", "trajectory"):  # the trajectory has its own section
@@ -225,18 +228,21 @@ def metrics_html(report: dict) -> str:
   columns = [name for name in ("input", "prediction") if isinstance(report.get(name), dict)]
   if columns:
     raw = {name: report[name] for name in columns}
-    paper = {name: paper_display(report[name]) for name in columns}
     keys = list(dict.fromkeys(k for name in columns for k in report[name]))
-    head = "".join(f"<th>{n} (raw)</th>" for n in columns) + "".join(f"<th>{n} (paper)</th>" for n in columns)
+    scaled = any(k in PAPER_SCALED for k in keys)
+    paper = {name: paper_display(report[name]) for name in columns}
+    head = "".join(f"<th>{n} (raw)</th>" for n in columns)
+    head += "".join(f"<th>{n} (paper)</th>" for n in columns) if scaled else ""
     head += "<th></th>"
     body = []
     for k in keys:
       tds = "".join(f"<td class=\"num\">{_num(raw[n].get(k), '{:.4g}')}</td>" for n in columns)
-      tds += "".join(f"<td class=\"num\">{_num(paper[n].get(k), '{:.2f}')}</td>" for n in columns)
+      tds += "".join(f"<td class=\"num\">{_num(paper[n].get(k), '{:.2f}')}</td>" for n in columns) if scaled else ""
       tds += _better(k)
       body.append(f"<tr><th>{html.escape(METRIC_NAMES.get(k, k))}</th>{tds}</tr>")
     out.append(f"<table class=\"metrics\"><tr><th>metric</th>{head}</tr>{''.join(body)}</table>")
-    out.append("<p class=\"note\">Paper scaling: every value ×100 except LDif (VisAH-FM Table 1).</p>")
+    if scaled:
+      out.append("<p class=\"note\">Paper scaling: every value ×100 except LDif (VisAH-FM Table 1).</p>")
   return "\n".join(out)
 
 
@@ -247,12 +253,14 @@ def clip_html(workdir: str, clip: str) -> str:
   assets = os.path.join(workdir, ASSETS_DIR, clip)
   os.makedirs(assets, exist_ok=True)
   parts = [f"<section class=\"clip\" id=\"clip-{quote(clip)}\"><h3>{html.escape(clip)}</h3>"]
-  frames_dir = os.path.join(clip_dir, "frames")
-  if os.path.isdir(frames_dir):
+  for folder in sorted(f for f in os.listdir(clip_dir)
+                       if f.startswith("frames") and os.path.isdir(os.path.join(clip_dir, f))):  # frames, or frames_<source>
+    frames_dir = os.path.join(clip_dir, folder)
     frames = sorted(f for f in os.listdir(frames_dir) if f.lower().endswith(FRAME_EXTENSIONS))
     imgs = "".join(f"<img src=\"{_url(os.path.join(frames_dir, f), workdir)}\" alt=\"frame {html.escape(f)}\">"
                    for f in frames)
-    parts.append(f"<div class=\"frames\">{imgs}</div>")
+    label = "" if folder == "frames" else f"<p class=\"note\">{html.escape(folder)}</p>"
+    parts.append(f"{label}<div class=\"frames\">{imgs}</div>")
   loud_path = os.path.join(clip_dir, "loudness.json")
   if os.path.isfile(loud_path):
     with open(loud_path) as f:

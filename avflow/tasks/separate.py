@@ -163,7 +163,9 @@ class Separate(Task):
     return predict
 
   def evaluate(self, predict, params, source, config, workdir, step):
-    """SDR / SIR / SAR of both separated sources of each held-out pair, the mixture's SDR as the input; writes
+    """SDR / SIR / SAR of both separated sources of each held-out pair, the mixture's SDR as the input, and the SDR
+    with the frames swapped ("swapped_frames": each source scored against the estimate its partner's frames gave:
+    far below the prediction's when the frames choose the source, equal to it when the model ignores them); writes
     `eval.json` and, for the first `eval.num_samples` pairs, `samples/<pair>/` (mixture, both estimates and
     references as wavs, both sources' frames)."""
     keys = condition_keys(config.model)
@@ -182,6 +184,7 @@ class Separate(Task):
           samples.append((ids[-1], batch["mixture"][i], references, estimates,
                           [batch["frames"][i], batch["other_frames"][i]] if "frames" in batch else None))
     report = separation_metrics(triples)
+    report["swapped_frames"] = {"sdr": separation_metrics((r, e[::-1], m) for r, e, m in triples)["prediction"]["sdr"]}
     report.update(steps=int(step), num_pairs=len(ids), sample_rate=config.data.sample_rate,
                   inference=_inference_summary(config))
     with open(os.path.join(workdir, "eval.json"), "w") as f:
