@@ -191,7 +191,6 @@ def separation_config(scale: str, method: str) -> ml_collections.ConfigDict:
   c.model = davis_presets.model_config(scale)
   c.model.spectrogram = ml_collections.ConfigDict(dict(n_fft=audio.n_fft, hop=audio.hop, bins=audio.bins,
                                                        log_scale=audio.log_scale))
-  c.model.freq_bins = c.model.spectrogram.get_ref("bins")
   cond = c.model.conditioning
   cond.clip_weights = ""  # CLIP ViT-B/32 weights, read when a run is initialised (`avflow/train/pretrained.py`)
   cond.random_encoders = scale == "toy"

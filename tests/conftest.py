@@ -31,12 +31,12 @@ MICRO = {
     "mesh.fsdp_min_size": 64,
 }
 CLIP_KINDS = ("clip", "clip_adapter")
-# The same for a separation (DAVIS) config: 16 x 16 spectrograms of 480 samples, a 2-level U-Net of width 8.
+# The same for a separation (DAVIS) config: 16 x 16 spectrograms of 240 samples, a 2-level U-Net of width 8.
 SEPARATION_TINY = {
     "batch_size": 2, "total_steps": 4, "log_every": 1, "eval_every": 4, "checkpoint_every": 2,
-    "optimizer.warmup_steps": 0, "data.clip_samples": 480, "data.num_frames": 2, "data.image_size": 16,
+    "optimizer.warmup_steps": 0, "data.clip_samples": 240, "data.num_frames": 2, "data.image_size": 16,
     "data.num_train_pairs": 16, "data.num_eval_pairs": 4, "eval.batch_size": 2, "eval.num_samples": 1,
-    "model.spectrogram.n_fft": 62, "model.spectrogram.hop": 32, "model.spectrogram.bins": 16, "model.dim": 8,
+    "model.spectrogram.n_fft": 30, "model.spectrogram.hop": 16, "model.freq_bins": 16, "model.dim": 8,
     "model.dim_mults": (1, 2), "model.attention_levels": (1,), "model.linear_attention.heads": 1,
     "model.linear_attention.dim_head": 8, "model.attention.heads": 1, "model.attention.dim_head": 8,
     "model.time_attention.heads": 1, "model.time_attention.qk_dim": 16, "model.temporal.d_model": 16,

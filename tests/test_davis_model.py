@@ -64,7 +64,7 @@ def test_toy_shapes_and_size():
   context = jax.eval_shape(lambda p: model.apply(p, batch, method=Separator.encode), params)
   v = jax.eval_shape(lambda p: model.apply(p, batch, t), params)
   assert context.shape == (8, cfg.temporal.d_model)
-  assert v.shape == (8, audio.bins, 32, 1)
+  assert v.shape == (8, cfg.freq_bins, 32, 1)
   counts = parameter_counts(cfg)
   assert 200_000 < counts["total"] == counts["trainable"] < 500_000
   assert counts["total"] == _count(params["params"])
