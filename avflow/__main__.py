@@ -9,6 +9,7 @@ COMMANDS = {
     "eval": "evaluate a run's checkpoint on held-out clips",
     "info": "parameter counts of a config (no allocation)",
     "highlight": "rebalance a soundtrack with a trained model",
+    "separate": "separate the sound of the source a video shows from a mixture (DAVIS-Flow, DAVIS)",
     "prepare": "turn real clips (Muddy Mix folders, or videos + stems) into training records",
     "ablate": "train and evaluate every row of a paper table; write docs/results/table<T>_<scale>.md",
     "import": "turn a PyTorch VisAH checkpoint (or an `export --format=torch` file) into a run directory",

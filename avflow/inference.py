@@ -1,12 +1,16 @@
-"""Rebalance a soundtrack of any length with a trained run (the `highlight` command).
+"""A trained run on audio of any length: rebalancing (the `highlight` command) and separation (`separate`).
 
-The audio is cut into windows of the model's clip length with 25% overlap; each window is carried along the flow
-from x0 (t=0) for k of the N steps (k = N: the full remix; fewer steps: a gentler one, Sec. 9) with the frames
-(1 per second) that fall in it, and the windows are joined with linear cross-fades. Runs conditioned on captions
-(Table 2 rows V+T, V+T+A, T) take the caption's T5 features, the same for every window.
+`load_run` reads a run of either task (`avflow.tasks`). The audio is cut into windows of the model's clip length
+with 25% overlap (`WINDOW_HOP`), and `predict_windows` joins the windows' results with linear cross-fades.
 
-The model hears and writes mono at its own rate; `in_input_format` brings its soundtrack back to the input's
-channels and rate (`CHANNEL_MODES`).
+Highlighting: each window is carried along the flow from x0 (t=0) for k of the N steps (k = N: the full remix;
+fewer steps: a gentler one, Sec. 9) with the frames (1 per second) that fall in it. Runs conditioned on captions
+(Table 2 rows V+T, V+T+A, T) take the caption's T5 features, the same for every window. The model hears and writes
+mono at its own rate; `in_input_format` brings its soundtrack back to the input's channels and rate
+(`CHANNEL_MODES`).
+
+Separation (DAVIS-Flow, DAVIS): each window of the mixture is separated with `data.num_frames` frames spread
+uniformly over its time span from its start, as the training clips' frames are (`window_frames`).
 """
 import dataclasses
 
@@ -15,11 +19,14 @@ import librosa
 import numpy as np
 import scipy.interpolate
 
+from avflow import tasks
 from avflow.audio import resample
 from avflow.metrics.loudness import integrated_loudness
-from avflow.models.visah.highlighter import Highlighter
 from avflow.train import checkpoint
 from avflow.train.step import jit, make_predict_fn
+
+# Task name (`Task.name`) → the runs it trains, for the message that refuses a run of the other task.
+RUN_KINDS = {"highlight": "highlighting run (VisAH-FM, VisAH)", "separate": "separation run (DAVIS-Flow, DAVIS)"}
 
 
 @dataclasses.dataclass
@@ -34,7 +41,9 @@ class LoadedRun:
 
   @property
   def clip_length(self) -> int:
-    return int(round(self.config.data.sample_rate * self.config.data.clip_seconds))
+    """Samples of one model window: `data.clip_samples` (separation), else `data.clip_seconds` at the run's rate."""
+    data = self.config.data
+    return int(data.clip_samples) if "clip_samples" in data else int(round(data.sample_rate * data.clip_seconds))
 
   @property
   def uses_frames(self) -> bool:
@@ -57,15 +66,22 @@ class LoadedRun:
     return max(1, int(round(self.config.data.clip_seconds * self.config.data.frames_per_second)))
 
 
-def load_run(run_dir: str, step: int | None = None) -> LoadedRun:
+def load_run(run_dir: str, task: str | None = None, step: int | None = None) -> LoadedRun:
+  """The config, parameters (latest checkpoint, or `step`) and jitted `predict(params, batch, stop_after)` of a run.
+
+  Raises `ValueError` for a run of another task than `task` (a `Task.name`; None: any) and for a run conditioned on
+  precomputed frame features, which cannot read a video's frames."""
   config = checkpoint.load_config(run_dir)
+  found = tasks.get(config)
+  if task is not None and found.name != task:
+    raise ValueError(f"{run_dir} is a {RUN_KINDS[found.name]} with config.task={config.task!r}, not a "
+                     f"{RUN_KINDS[task]}: use `python -m avflow {found.name}`")
   cond = config.model.conditioning
   if cond.kind == "features" and cond.features_key != "text":
-    raise ValueError(f"{run_dir} conditions on precomputed {cond.features_key!r} features; highlighting raw frames "
-                     "needs a run whose model.conditioning encodes frames (or captions)")
+    raise ValueError(f"{run_dir} conditions on precomputed {cond.features_key!r} features; running on a video "
+                     "needs a run whose model.conditioning encodes the frames themselves")
   params = checkpoint.load_params(run_dir, step)
-  model = Highlighter(config.model)
-  return LoadedRun(config, params, jit(make_predict_fn(model, config), static_argnums=2))
+  return LoadedRun(config, params, jit(make_predict_fn(found.build(config.model), config), static_argnums=2))
 
 
 WINDOW_HOP = 0.75  # windows start every 3/4 of the model's clip length (25% overlap)
@@ -105,7 +121,8 @@ def windows_per_batch(run: LoadedRun, example: dict, steps: int | None, memory_b
   """How many windows one call may carry within `memory_budget` bytes (`window_bytes` each). Runs whose context
   encoder attends across the batch (`legacy_batch_axis`) take one window at a time: batching would change their
   result."""
-  if run.config.model.latent.context_attention == "legacy_batch_axis":
+  latent = run.config.model.get("latent")
+  if latent is not None and latent.context_attention == "legacy_batch_axis":
     return 1
   per_window = window_bytes(run, example, steps)
   return 1 if per_window is None else max(1, int(memory_budget // max(per_window, 1)))
@@ -116,9 +133,8 @@ def rebalance(run: LoadedRun, audio: np.ndarray, frames: np.ndarray | None, step
   """The rebalanced (L,) soundtrack for mono `audio` (L,) at the run's rate, `frames` (F, H, W, 3) at 1 fps (None
   for a text-only run) and, for a caption-conditioned run, the caption's `text` features (text_tokens, text_dim).
 
-  Windows go through the model in batches that fit `memory_budget` bytes (`windows_per_batch`; 0: one at a time);
-  the last batch is filled up with copies of its last window, so every call has the same shape (one compile). Each
-  window's result is the one it gets alone, up to float rounding.
+  Windows go through the model in batches that fit `memory_budget` bytes (`predict_windows`); each window's result
+  is the one it gets alone, up to float rounding.
   """
   n = run.config.inference.num_steps
   if steps is not None and not 0 <= steps <= n:
@@ -134,29 +150,86 @@ def rebalance(run: LoadedRun, audio: np.ndarray, frames: np.ndarray | None, step
     raise ValueError("this run is not conditioned on captions; drop --caption")
   if run.uses_frames and frames is None:
     raise ValueError("this run is conditioned on the video's frames; none were given")
+  padded = np.pad(audio.astype(np.float32), (0, max(0, run.clip_length - len(audio))))
+  return predict_windows(run, len(audio), lambda starts: _window_batch(run, starts, padded, frames, text), steps,
+                         memory_budget)
+
+
+def predict_windows(run: LoadedRun, length: int, window_batch, steps: int | None = None,
+                    memory_budget: float = 0.0) -> np.ndarray:
+  """The model's (length,) output for an input of `length` samples: windows of `run.clip_length` samples start
+  every `WINDOW_HOP` of it (`window_starts`; the last ends at the input's end, and an input shorter than a window
+  is one window that `window_batch` pads), each window's (window,) result weighs in with linear cross-fades.
+
+  `window_batch(starts)` gives the model inputs of the windows starting at `starts` (one example each). Windows go
+  through the model in batches that fit `memory_budget` bytes (`windows_per_batch`; 0: one at a time); the last
+  batch is filled up with copies of its last window, so every call has the same shape (one compile).
+  """
   window = run.clip_length
   hop = int(window * WINDOW_HOP)
-  length = len(audio)
-  padded = np.pad(audio.astype(np.float32), (0, max(0, window - length)))
   out = np.zeros(max(length, window), np.float32)
   weight = np.zeros_like(out)
-  fade = min(window - hop, window)
+  fade = window - hop
   ramp = np.ones(window, np.float32)
   ramp[:fade] = np.linspace(0, 1, fade + 2, dtype=np.float32)[1:-1]
   ramp[-fade:] = ramp[:fade][::-1]
-  starts = window_starts(len(padded), window, hop)
+  starts = window_starts(len(out), window, hop)
   size = 1
   if memory_budget and len(starts) > 1:
-    size = min(len(starts), windows_per_batch(run, _window_batch(run, starts[:1], padded, frames, text), steps,
-                                              memory_budget))
+    size = min(len(starts), windows_per_batch(run, window_batch(starts[:1]), steps, memory_budget))
   for first in range(0, len(starts), size):
     chunk = starts[first:first + size]
-    batch = _window_batch(run, chunk + chunk[-1:] * (size - len(chunk)), padded, frames, text)
-    pred = np.asarray(run.predict(run.params, batch, steps)[0])
-    for start, x1_hat in zip(chunk, pred[:, :, 0]):
-      out[start:start + window] += ramp * x1_hat
+    pred = np.asarray(run.predict(run.params, window_batch(chunk + chunk[-1:] * (size - len(chunk))), steps)[0])
+    for start, result in zip(chunk, pred.reshape(size, window)):
+      out[start:start + window] += ramp * result
       weight[start:start + window] += ramp
   return (out / np.maximum(weight, 1e-8))[:length]
+
+
+def model_frame_rate(run: LoadedRun) -> float:
+  """The frame rate at which one window spans `data.num_frames` frames (frames per second)."""
+  return run.config.data.num_frames * run.sample_rate / run.clip_length
+
+
+def window_frames(run: LoadedRun, starts: list[int], frame_rate: float, count: int) -> np.ndarray:
+  """(len(starts), data.num_frames) indices into `count` frames at `frame_rate` fps (frame i shows the time
+  i / frame_rate): for the window starting at sample s, the frames nearest the times (s + k · clip_length /
+  num_frames) / sample_rate, k < num_frames, spread uniformly over its span from its start as a training clip's
+  frames are; times past the last frame take the last."""
+  n = run.config.data.num_frames
+  seconds = (np.asarray(starts, np.float64)[:, None] + np.arange(n) * run.clip_length / n) / run.sample_rate
+  return np.clip(np.rint(seconds * frame_rate).astype(np.int64), 0, count - 1)
+
+
+def separate(run: LoadedRun, mixture: np.ndarray, frames: np.ndarray, frame_rate: float,
+             memory_budget: float = 0.0) -> np.ndarray:
+  """The (L,) waveform of the source `frames` show, separated from the mono `mixture` (L,) at the run's rate: the
+  estimated magnitude with the mixture's phase (DAVIS-Flow, DAVIS; Alg. 2). `frames` (F, S, S, 3) uint8 at
+  `frame_rate` fps, S = `data.image_size`. Window by window (`predict_windows`, `window_frames`); an input
+  shorter than a window is padded with silence and the result trimmed.
+
+  A random x0 (DAVIS-Flow's Gaussian source, DAVIS's noise) is drawn from `inference.seed` per row of a model call:
+  a window alone or first in its call starts from the draw of a one-example `predict`, the k-th window of a call
+  from the k-th row's, so `memory_budget` (windows per call) picks which of the equally likely samples each
+  window gets; 0 gives every window the first.
+  """
+  size = run.config.data.image_size
+  frames = np.asarray(frames)
+  if frames.ndim != 4 or frames.shape[1:] != (size, size, 3) or not len(frames):
+    raise ValueError(f"frames of shape {frames.shape}; this run reads (F >= 1, {size}, {size}, 3) (data.image_size)")
+  if not len(mixture):
+    raise ValueError("the mixture holds no samples")
+  if not frame_rate > 0:
+    raise ValueError(f"a frame rate of {frame_rate} frames per second; expected a positive rate")
+  window = run.clip_length
+  padded = np.pad(np.asarray(mixture, np.float32), (0, max(0, window - len(mixture))))
+  frames = frames.astype(np.uint8)
+
+  def window_batch(starts):
+    return {"mixture": np.stack([padded[s:s + window] for s in starts]),
+            "frames": frames[window_frames(run, starts, frame_rate, len(frames))]}
+
+  return predict_windows(run, len(mixture), window_batch, memory_budget=memory_budget)
 
 
 # How a mono model's soundtrack fills the input's channels.
@@ -211,3 +284,9 @@ def describe_change(x0: np.ndarray, x1_hat: np.ndarray, rate: int) -> str:
   change = 10 * np.log10(np.sum((x1_hat - x0) ** 2) / max(np.sum(x0 ** 2), 1e-20) + 1e-20)
   return (f"the model moved the mix's loudness from {before:.1f} to {after:.1f} LUFS; the change itself lies "
           f"{-change:.1f} dB below the input")
+
+
+def speed_line(seconds: float, audio_seconds: float) -> str:
+  """One line on how long the model took for `audio_seconds` of audio."""
+  return (f"the model took {seconds:.1f} s for {audio_seconds:.1f} s of audio ({3600 * seconds / audio_seconds:.0f} s "
+          "per hour, compilation included)")

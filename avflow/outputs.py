@@ -40,14 +40,15 @@ def _within(path: str, folder: str) -> bool:
 
 
 def check_output(path: str, inputs: Iterable[str | None] = (), *, suffixes: Sequence[str] = (),
-                 entries: Sequence[str] | None = None) -> None:
+                 entries: Sequence[str] | None = None, replace: bool = True) -> None:
   """Refuses (`OutputError`) an output that would overwrite an input or that cannot be written; creates the
   missing folders above it.
 
   `inputs`: the command's input files and folders (None and missing ones are skipped); the output may be none of
   them nor lie inside an input folder. `suffixes`: for a file output, the endings the command can write (any when
   empty). `entries`: for a folder output, the paths inside it that the command replaces; none of them may hold an
-  input. None means `path` is a file.
+  input. None means `path` is a file. `replace=False` refuses a file output that exists (its command's `--force`
+  replaces it).
   """
   inputs = [p for p in inputs if p and os.path.exists(p)]
   for source in inputs:
@@ -60,6 +61,8 @@ def check_output(path: str, inputs: Iterable[str | None] = (), *, suffixes: Sequ
       raise OutputError(f"the output {path} is a folder; give a file name")
     if suffixes and not path.lower().endswith(tuple(suffixes)):
       raise OutputError(f"cannot write {path}: the output must end in {', '.join(suffixes)}")
+    if not replace and os.path.lexists(path):
+      raise OutputError(f"the output {path} exists; pass --force to replace it")
   else:
     if os.path.exists(path) and not os.path.isdir(path):
       raise OutputError(f"the output {path} is a file; give a folder")

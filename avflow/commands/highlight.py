@@ -21,10 +21,10 @@ import soundfile as sf
 from absl import flags
 
 from avflow.commands import parse_flags  # noqa: F401
-from avflow.data.video import (AAC_BITRATE, VideoError, mono_resample, read_audio, read_frames, read_video,
-                               write_video_with_audio)
+from avflow.data.video import (AAC_BITRATE, AUDIO_EXTENSIONS, VideoError, mono_resample, read_audio, read_frames,
+                               read_video, write_video_with_audio)
 from avflow.errors import UsageError
-from avflow.inference import CHANNEL_MODES, describe_change, in_input_format, load_run, rebalance
+from avflow.inference import CHANNEL_MODES, describe_change, in_input_format, load_run, rebalance, speed_line
 from avflow.outputs import check_output, staged_file
 from avflow.train.checkpoint import run_files
 
@@ -39,7 +39,6 @@ flags.DEFINE_float("memory_budget", 2.0, "GiB of activations one model call may 
                    "go through the model in batches that fit (0: one window at a time).")
 flags.DEFINE_enum("channels", "copy", list(CHANNEL_MODES), "; ".join(f"{k}: {v}" for k, v in CHANNEL_MODES.items()))
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff")  # inputs read as audio
 VIDEO_OUTPUTS = (".mp4", ".m4v", ".mov", ".mkv")  # containers that take the copied picture stream and AAC audio
 
 
@@ -80,11 +79,11 @@ def main(argv):
   if f.frames and not os.path.isdir(f.frames):
     _fail(f"--frames={f.frames} is not a folder of frames")
   check_output(output, [source, f.frames, f.text_encoder, *run_files(f.workdir)], suffixes=(".wav", *VIDEO_OUTPUTS))
-  is_audio = source.lower().endswith(AUDIO_SUFFIXES)
+  is_audio = source.lower().endswith(AUDIO_EXTENSIONS)
   if is_audio and not output.lower().endswith(".wav"):
     _fail("an audio INPUT can only be written to a .wav OUTPUT")
   try:
-    run = load_run(f.workdir)
+    run = load_run(f.workdir, "highlight")
   except (FileNotFoundError, ValueError) as e:
     _fail(str(e))
   if f.sample_rate and f.sample_rate != run.sample_rate:
@@ -124,5 +123,4 @@ def main(argv):
   print(f"wrote {output} ({out.shape[-1] / native_rate:.2f} s of audio, {written}; the model ran in mono at "
         f"{run.sample_rate} Hz, --channels={f.channels})")
   print(describe_change(audio, x1_hat, run.sample_rate))
-  print(f"the model took {seconds:.1f} s for {audio_seconds:.1f} s of audio ({3600 * seconds / audio_seconds:.0f} s "
-        "per hour, compilation included)")
+  print(speed_line(seconds, audio_seconds))

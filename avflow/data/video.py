@@ -24,6 +24,7 @@ from avflow.errors import AvflowError
 AAC_BITRATE = 192_000
 FALLBACK_VIDEO_CODEC = "libx264"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff")  # inputs the commands read as audio, not video
 
 
 class VideoError(AvflowError, ValueError):
