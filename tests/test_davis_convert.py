@@ -114,7 +114,7 @@ def test_flax_separator_matches_pytorch(fim_time):
 
 
 def test_round_trips_are_bitwise():
-  """Flax -> PyTorch (loads strictly into the twin) -> Flax, and PyTorch -> Flax -> PyTorch, exactly."""
+  """Flax -> PyTorch (loads strictly into `DavisSeparator`) -> Flax, and PyTorch -> Flax -> PyTorch, exactly."""
   cfg = _small()
   params = _random_params(cfg)
   state = dc.flax_to_torch(params, cfg)
