@@ -12,7 +12,7 @@ COMMANDS = {
     "separate": "separate the sound of the source a video shows from a mixture (DAVIS-Flow, DAVIS)",
     "prepare": "turn real clips (Muddy Mix folders, or videos + stems) into training records",
     "ablate": "train and evaluate every row of a paper table; write docs/results/table<T>_<scale>.md",
-    "import": "turn a PyTorch VisAH checkpoint (or an `export --format=torch` file) into a run directory",
+    "import": "turn a public PyTorch checkpoint (VisAH, DAVIS) or an `export --format=torch` file into a run",
     "export": "write a run's weights for PyTorch: the public VisAH layout, or the whole model as .safetensors",
     "bench": "time and memory of train steps (FM vs rollout, remat policies), inference and the data pipeline",
     "report": "write <workdir>/report.html: clips, audio players, waveforms, spectrograms, metrics",

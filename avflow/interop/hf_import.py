@@ -19,6 +19,10 @@ mis-shaped tensor is collected and reported in ONE `CheckpointMismatchError`.
 `export_state_dict` goes the other way; `load_state_dict` reads any `.safetensors` or torch
 checkpoint file (also used for VisAH by `avflow.interop.visah_convert`), `load_pretrained` a file or a
 transformers `save_pretrained` folder (sharded or not).
+
+The strict converters of the public VisAH and DAVIS layouts (`visah_convert`, `davis_convert`) share the leaf
+conversion (`leaf_to_torch`, `leaf_to_flax`, `torch_shape`: kernels and `in_proj_kernel` reordered as in the
+table) and the error report (`shape_problems`, `mismatch_report`).
 """
 import json
 import os
@@ -33,6 +37,7 @@ DERIVED_BUFFERS = ("position_ids", "relative_position_index", "num_batches_track
 CLIP_OTHER_TOWER = ("text_model.", "text_projection.", "logit_scale")
 CLAP_OTHER_TOWER = ("text_model.", "text_projection.", "logit_scale_a", "logit_scale_t")
 
+KERNEL_LEAVES = ("kernel", "in_proj_kernel")  # Flax leaves stored with their axes reordered in PyTorch
 _LEAF_NAMES = {"kernel": "weight", "scale": "weight", "embedding": "weight",
                "mean": "running_mean", "var": "running_var"}
 
@@ -129,6 +134,51 @@ def _kernel_axes(ndim: int) -> tuple[int, ...]:
   return (2, 3, 1, 0) if ndim == 4 else tuple(reversed(range(ndim)))
 
 
+def _flax_axes(path: tuple, ndim: int) -> tuple[int, ...]:
+  """Axis order taking the PyTorch tensor of the Flax leaf at `path` (names) to the leaf: kernels (`kernel`, and
+  the packed `in_proj_kernel` of `MultiheadAttention`) reordered, other leaves as they are."""
+  return _kernel_axes(ndim) if path[-1] in KERNEL_LEAVES else tuple(range(ndim))
+
+
+def torch_shape(path: tuple, shape: tuple) -> tuple[int, ...]:
+  """The shape of the PyTorch tensor of a Flax leaf at `path` (names) of `shape`."""
+  return tuple(shape[a] for a in np.argsort(_flax_axes(path, len(shape))))
+
+
+def leaf_to_torch(path: tuple, value: Any) -> np.ndarray:
+  """The PyTorch tensor of the Flax leaf at `path` (names): a fresh, writable, C-ordered array."""
+  value = np.asarray(value)
+  return np.array(np.transpose(value, np.argsort(_flax_axes(path, value.ndim))), order="C")
+
+
+def leaf_to_flax(path: tuple, value: Any) -> np.ndarray:
+  """The Flax leaf at `path` (names) from its PyTorch tensor (inverse of `leaf_to_torch`): a fresh float32 array,
+  so that it never aliases the PyTorch tensor's memory."""
+  value = np.asarray(value)
+  return np.array(np.transpose(value, _flax_axes(path, value.ndim)), np.float32, order="C")
+
+
+def shape_problems(given: Mapping[str, tuple], required: Mapping[str, tuple],
+                   optional: Mapping[str, tuple] = {}) -> list[tuple[str, list[str]]]:
+  """The missing, unexpected and mis-shaped keys of `given` (key -> shape) against `required` and `optional` (keys
+  that may be absent), as `mismatch_report` lists them; a problem-free match has only empty lists."""
+  known = {**optional, **required}
+  return [("missing", [k for k in required if k not in given]),
+          ("unexpected", [k for k in given if k not in known]),
+          ("mis-shaped (given != model)", [f"{k}: {tuple(given[k])} != {tuple(shape)}" for k, shape in known.items()
+                                           if k in given and tuple(given[k]) != tuple(shape)])]
+
+
+def mismatch_report(header: str, problems: Iterable[tuple[str, list[str]]]) -> str:
+  """`header`, then each non-empty group of `problems` (title, items) with its count and one item a line."""
+  lines = [header]
+  for title, items in problems:
+    if items:
+      lines.append(f"  {len(items)} {title}:")
+      lines += [f"    {item}" for item in items]
+  return "\n".join(lines)
+
+
 def _torch_key(path: tuple) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
   names = [p.key for p in path]
   modules = [re.sub(r"_(\d+)$", r".\1", n) for n in names[:-1]]
@@ -194,10 +244,7 @@ def export_state_dict(params: Any) -> dict[str, np.ndarray]:
   out = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     key, _ = _torch_key(path)
-    value = np.asarray(leaf)
-    if path[-1].key == "kernel":
-      value = np.transpose(value, np.argsort(_kernel_axes(value.ndim)))
-    out[key] = np.array(value, order="C")
+    out[key] = leaf_to_torch(tuple(p.key for p in path), leaf)
   return out
 
 

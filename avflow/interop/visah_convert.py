@@ -52,13 +52,15 @@ import torch
 from flax import traverse_util
 
 from avflow.interop import hf_import, visah_pytorch
-from avflow.interop.hf_import import CheckpointMismatchError, load_state_dict, to_numpy
+from avflow.interop.hf_import import (CheckpointMismatchError, leaf_to_flax, leaf_to_torch, load_state_dict,
+                                      mismatch_report, shape_problems, to_numpy, torch_shape)
 from avflow.models.visah.network import VisAH
 
 LIGHTNING_PREFIX = "model."
 LOSS_PREFIX = "mr_stft_loss."
 PE_ROWS = 5000  # `max_len` of the public `PositionalEncoding`
 _PE_TOLERANCE = 1e-2  # the same table from another library, or stored in bfloat16
+_HEADER = "{} does not match the VisAH model of this config:"
 _TIME_EMBED = {"time_embed_0": "linear_1", "time_embed_1": "linear_2"}
 
 Path = Tuple[str, ...]
@@ -110,27 +112,6 @@ def _torch_key(path: Path, siblings: List[str]) -> str:
   return ".".join(out + [leaf])
 
 
-def _torch_axes(path: Path, ndim: int) -> Tuple[int, ...]:
-  """Axis order taking a Flax leaf to its PyTorch tensor (kernels reordered, see above)."""
-  if path[-1] not in ("kernel", "in_proj_kernel"):
-    return tuple(range(ndim))
-  return (3, 2, 0, 1) if ndim == 4 else tuple(reversed(range(ndim)))
-
-
-def leaf_to_torch(path: Path, value: np.ndarray) -> np.ndarray:
-  """The PyTorch tensor of the Flax leaf at `path`: a fresh, writable, C-ordered array."""
-  value = np.asarray(value)
-  return np.array(np.transpose(value, _torch_axes(path, value.ndim)), order="C")
-
-
-def leaf_to_flax(path: Path, value: np.ndarray) -> np.ndarray:
-  """The Flax leaf at `path` from its PyTorch tensor (inverse of `leaf_to_torch`): a fresh
-  float32 array, so that it never aliases the PyTorch tensor's memory."""
-  value = np.asarray(value)
-  axes = np.argsort(_torch_axes(path, value.ndim))
-  return np.array(np.transpose(value, axes), np.float32, order="C")
-
-
 def key_map(flat: Mapping[Path, Any]) -> Dict[str, Tuple[Path, Tuple[int, ...]]]:
   """PyTorch key -> (Flax path, PyTorch shape) for a flattened VisAH Flax parameter tree.
 
@@ -142,8 +123,7 @@ def key_map(flat: Mapping[Path, Any]) -> Dict[str, Tuple[Path, Tuple[int, ...]]]
     siblings.setdefault(path[:-1], []).append(path[-1])
   out = {}
   for path, leaf in flat.items():
-    shape = tuple(leaf.shape[a] for a in _torch_axes(path, len(leaf.shape)))
-    out[_torch_key(path, siblings[path[:-1]])] = (path, shape)
+    out[_torch_key(path, siblings[path[:-1]])] = (path, torch_shape(path, leaf.shape))
   return out
 
 
@@ -184,8 +164,8 @@ def flax_to_torch(params: Mapping[str, Any],
   misshaped = [f"{key}: {out[key].shape} != {shape}" for key, (_, shape) in expected.items()
                if key in out and out[key].shape != shape]
   if missing or unexpected or misshaped:
-    raise CheckpointMismatchError(_mismatch_report(missing, unexpected, misshaped, [],
-                                                   "the Flax parameter tree"))
+    raise CheckpointMismatchError(mismatch_report(_HEADER.format("the Flax parameter tree"), [
+        ("missing", missing), ("unexpected", unexpected), ("mis-shaped (given != model)", misshaped)]))
   out.update(_pe_buffers(cfg))
   order = _torch_key_order(cfg)
   return {k: out[k] for k in sorted(out, key=lambda k: order.get(k, len(order)))}
@@ -221,29 +201,14 @@ def torch_to_flax(state_dict: Mapping[str, Any], cfg: ml_collections.ConfigDict)
   expected = {k: shape for k, (_, shape) in keys.items()}
   buffers = _pe_buffers(cfg)
   expected.update({k: v.shape for k, v in buffers.items()})
-  missing = [k for k in expected if k not in sd]
-  unexpected = [k for k in sd if k not in expected]
-  misshaped = [f"{k}: {tuple(sd[k].shape)} != {tuple(shape)}" for k, shape in expected.items()
-               if k in sd and tuple(sd[k].shape) != tuple(shape)]
-  wrong_pe = [k for k, table in buffers.items() if k in sd and sd[k].shape == table.shape
-              and not np.allclose(sd[k], table, rtol=0, atol=_PE_TOLERANCE)]
-  if missing or unexpected or misshaped or wrong_pe:
-    raise CheckpointMismatchError(_mismatch_report(missing, unexpected, misshaped, wrong_pe,
-                                                   "the state dict"))
+  problems = shape_problems({k: v.shape for k, v in sd.items()}, expected)
+  problems.append(("not the sinusoidal positional table",
+                   [k for k, table in buffers.items() if k in sd and sd[k].shape == table.shape
+                    and not np.allclose(sd[k], table, rtol=0, atol=_PE_TOLERANCE)]))
+  if any(items for _, items in problems):
+    raise CheckpointMismatchError(mismatch_report(_HEADER.format("the state dict"), problems))
   return traverse_util.unflatten_dict(
       {path: leaf_to_flax(path, sd[key]) for key, (path, _) in keys.items()})
-
-
-def _mismatch_report(missing: List[str], unexpected: List[str], misshaped: List[str],
-                     wrong_pe: List[str], what: str) -> str:
-  lines = [f"{what} does not match the VisAH model of this config:"]
-  for title, items in (("missing", missing), ("unexpected", unexpected),
-                       ("mis-shaped (given != model)", misshaped),
-                       ("not the sinusoidal positional table", wrong_pe)):
-    if items:
-      lines.append(f"  {len(items)} {title}:")
-      lines += [f"    {item}" for item in items]
-  return "\n".join(lines)
 
 
 def load_params(path: str, cfg: ml_collections.ConfigDict,
