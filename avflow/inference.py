@@ -206,12 +206,8 @@ def separate(run: LoadedRun, mixture: np.ndarray, frames: np.ndarray, frame_rate
   """The (L,) waveform of the source `frames` show, separated from the mono `mixture` (L,) at the run's rate: the
   estimated magnitude with the mixture's phase (DAVIS-Flow, DAVIS; Alg. 2). `frames` (F, S, S, 3) uint8 at
   `frame_rate` fps, S = `data.image_size`. Window by window (`predict_windows`, `window_frames`); an input
-  shorter than a window is padded with silence and the result trimmed.
-
-  A random x0 (DAVIS-Flow's Gaussian source, DAVIS's noise) is drawn from `inference.seed` per row of a model call:
-  a window alone or first in its call starts from the draw of a one-example `predict`, the k-th window of a call
-  from the k-th row's, so `memory_budget` (windows per call) picks which of the equally likely samples each
-  window gets; 0 gives every window the first.
+  shorter than a window is padded with silence and the result trimmed.  Every window starts from the same x0 (DAVIS-Flow's Gaussian source, DAVIS's noise, drawn from `inference.seed`),
+  so the result does not depend on `memory_budget`.
   """
   size = run.config.data.image_size
   frames = np.asarray(frames)

@@ -9,8 +9,8 @@ or a video whose frames are taken. The mixture is heard in mono at the run's sam
 windows of the model's clip length with 25% overlap, each separated with `data.num_frames` frames spread uniformly
 over its span from its start (as a training clip's), and the windows are joined with linear cross-fades; a mixture
 shorter than one window is padded with silence and the result trimmed (a line says so). The windows go through the
-model in batches that fit `--memory_budget`; with DAVIS-Flow's Gaussian x0 the batch size picks which noise draw
-each window starts from (`--memory_budget=0`: every window the draw of a lone window). OUTPUT gets the separated
+model in batches that fit `--memory_budget`, each from the same x0 (drawn from the run's `inference.seed`), so the
+batching does not change the result. OUTPUT gets the separated
 source as long as the mixture: mono at the run's sample rate, as 32-bit float samples, unclipped (a line gives
 the peak when it exceeds 1). OUTPUT is checked before the model runs: it may not be an input, an existing file is
 replaced only with `--force`, its missing folders are created, and it is written to a temporary file beside it

@@ -146,8 +146,10 @@ class Separate(Task):
       def velocity_fn(x_t, t, cond):
         return model.apply(variables, x_t, t, cond, mixture, method=Separator.velocity)
 
+      # One x0 for every example (as DAVIS samples both sources of a pair from one x0): an example's estimate
+      # does not depend on the batch it is in.
       noise_key, eta_key = jax.random.split(jax.random.PRNGKey(inference.seed))
-      noise = flow.sample_source(noise_key, mixture)
+      noise = jnp.broadcast_to(flow.sample_source(noise_key, mixture[:1]), mixture.shape)
       if method == "diffusion":
         if stop_after is not None:
           raise ValueError("stop_after applies to the flow's Euler grid, not to DDIM")
