@@ -11,6 +11,7 @@ from conftest import ROOT, tiny_fields
 from avflow import ablate
 from avflow.models.visah.highlighter import describe_conditioning
 from avflow.report.paper_tables import TABLES
+from avflow.train import evaluate as evaluation
 
 
 def _tiny_overrides() -> dict:
@@ -49,8 +50,8 @@ def test_table8_trains_once_reuses_its_run_and_prints_the_papers_numbers(tmp_pat
 
   # A second invocation neither trains nor evaluates: the stored runs and reports give the same numbers.
   evaluations = []
-  real_evaluate = ablate.evaluate
-  monkeypatch.setattr(ablate, "evaluate", lambda *a: evaluations.append(a[3]) or real_evaluate(*a))
+  real_evaluate = evaluation.evaluate  # what the highlight task's `evaluate` runs
+  monkeypatch.setattr(evaluation, "evaluate", lambda *a: evaluations.append(a[3]) or real_evaluate(*a))
   again = ablate.run_table("8", "toy", [0], root, total_steps=2, overrides=overrides)
   assert len(calls) == 1 and evaluations == []
   assert [again["results"][key][0]["prediction"]["ldif"] for key in TABLES["8"]["rows"]] == ldif
@@ -140,7 +141,7 @@ def test_summary_shows_kld_and_ib_where_the_evaluation_computed_them():
   reports = {row.key: {0: {"input": dict(signal_part), "prediction": dict(signal_part)}} for row in rows}
   reports["va"][0]["prediction"].update(kld=0.0970, ib=0.2912)
   reports["va"][0]["input"].update(kld=0.2074, ib=0.2814)
-  run = {"results": reports, "runs": {f"{row.variant}/0": f"/r/{row.variant}" for row in rows},
+  run = {"results": reports, "runs": {f"{row.name}/0": f"/r/{row.variant}" for row in rows},
          "wall_s": {f"{row.variant}/0": {"train_s": 1.0, "eval_s": 1.0, "reused": False} for row in rows},
          "conditioning": {row.key: describe_conditioning(ablate.load_config(row).model) for row in rows},
          "not_run": {}}
