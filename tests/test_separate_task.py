@@ -60,6 +60,14 @@ def test_training_lowers_the_l1_loss_and_writes_the_separation_report(flow_run):
   assert {"mixture.wav", "prediction_a.wav", "target_b.wav", "frames_a"} <= set(os.listdir(sample))
 
 
+def test_report_page_shows_the_separation_metrics_in_db_and_both_sources_frames(flow_run):
+  from avflow.report.html import write_report
+  _, workdir = flow_run
+  page = open(write_report(workdir)).read()
+  assert "SDR (dB)" in page and "SAR (dB)" in page and "(paper)" not in page  # no VisAH ×100 column
+  assert "frames_a" in page and "frames_b" in page and "prediction_a" in page
+
+
 def test_prediction_follows_the_frames_and_keeps_the_mixture_phase(flow_run):
   """The estimate depends on which source's frames are given, and is a waveform of the mixture's length."""
   config, workdir = flow_run
