@@ -72,7 +72,8 @@ class Separate(Task):
 
   def init(self, model, key, batch):
     inputs = {k: batch[k] for k in condition_keys(model.cfg)}
-    inputs["mixture"] = _front_end(model.cfg).to_model(_front_end(model.cfg).spec(batch["mixture"]))
+    front = _front_end(model.cfg)
+    inputs["mixture"] = front.to_model(front.spec(batch["mixture"]))
     return model.init(key, inputs, jnp.zeros((batch["mixture"].shape[0],), jnp.float32))["params"]
 
   def check_batch(self, config, batch):
