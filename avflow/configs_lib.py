@@ -165,6 +165,23 @@ _SEPARATION_SCHEDULE = {
 SEPARATION_SCALES = tuple(_SEPARATION_SCHEDULE)
 
 
+def separation_variants(rows: dict) -> tuple[str, ...]:
+  """`<scale>` and `<scale>_<row>` for every separation scale and row."""
+  return tuple(scale + suffix for scale in SEPARATION_SCALES for suffix in ("", *(f"_{r}" for r in rows)))
+
+
+def separation_variant(file: str, rows: dict, method: str, arg: str):
+  """The variant `arg` of a separation config file: its scale's config with the row's (field, value) set."""
+  variant = arg or "toy"
+  if variant not in separation_variants(rows):
+    raise ValueError(f"unknown variant {variant!r} of {file}; expected one of {', '.join(separation_variants(rows))}")
+  scale, _, row = variant.partition("_")
+  config = separation_config(scale, method)
+  if row:
+    set_field(config, *rows[row][1])
+  return config
+
+
 def separation_config(scale: str, method: str) -> ml_collections.ConfigDict:
   """DAVIS-Flow (`method="flow"`) or DAVIS (`"diffusion"`) at `toy` or `paper` scale (`avflow/tasks/separate.py`)."""
   from avflow.models.davis import presets as davis_presets

@@ -8,7 +8,7 @@ Select a variant with `--config=configs/davis_flow.py:<scale>[_<row>]`, scale �
 The base row: L1 flow matching on the σ_min = 1e-4 path, t ~ U[0, 1], Euler on N = 2 steps, silence mask δ = 0.002.
 DAVIS (DDPM + DDIM) is `configs/davis.py`.
 """
-from avflow.configs_lib import SEPARATION_SCALES, separation_config, set_field
+from avflow.configs_lib import separation_variant, separation_variants
 
 
 # Row name → (description, (field, value)). Rows differing in inference only share one training run in `ablate`.
@@ -20,15 +20,8 @@ ROWS = {
     "mixture_source": ("FM from the mixture (x0 = mixture: a VisAH-FM-style bridge)", ("flow_source", "mixture")),
     "rollout": ("FM + rollout on the 2-step sampler (λ = 0.3, H = N = 2)", ("objective.rollout_weight", 0.3)),
 }
-VARIANTS = tuple(scale + suffix for scale in SEPARATION_SCALES for suffix in ("", *(f"_{r}" for r in ROWS)))
+VARIANTS = separation_variants(ROWS)
 
 
 def get_config(arg: str = "toy"):
-  variant = arg or "toy"
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown variant {variant!r} of davis_flow.py; expected one of {', '.join(VARIANTS)}")
-  scale, _, row = variant.partition("_")
-  config = separation_config(scale, method="flow")
-  if row:
-    set_field(config, *ROWS[row][1])
-  return config
+  return separation_variant("davis_flow.py", ROWS, "flow", arg)

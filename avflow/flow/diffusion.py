@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from avflow.flow.objectives import LOSSES, per_example_loss
+from avflow.flow.objectives import LOSSES, per_example_loss, settings_from_config
 from avflow.flow.paths import expand_time
 from avflow.flow.solvers import VelocityFn
 
@@ -51,11 +51,7 @@ class DiffusionConfig:
 
   @classmethod
   def from_config(cls, cfg) -> "DiffusionConfig":
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(cfg.keys()) - fields
-    if unknown:
-      raise ValueError(f"unknown diffusion fields {sorted(unknown)}; expected a subset of {sorted(fields)}")
-    return cls(**dict(cfg))
+    return settings_from_config(cls, cfg, "diffusion")
 
   def alpha_bar(self) -> jax.Array:
     return sigmoid_alpha_bar(self.timesteps, self.beta_start, self.beta_end, self.tau)

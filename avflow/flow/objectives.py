@@ -59,11 +59,16 @@ class ObjectiveConfig:
 
   @classmethod
   def from_config(cls, cfg) -> "ObjectiveConfig":
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(cfg.keys()) - fields
-    if unknown:
-      raise ValueError(f"unknown objective fields {sorted(unknown)}; expected a subset of {sorted(fields)}")
-    return cls(**dict(cfg))
+    return settings_from_config(cls, cfg, "objective")
+
+
+def settings_from_config(cls, cfg, section: str):
+  """The settings dataclass `cls` from the config section `cfg`; a ValueError names any field `cls` lacks."""
+  fields = {f.name for f in dataclasses.fields(cls)}
+  unknown = set(cfg.keys()) - fields
+  if unknown:
+    raise ValueError(f"unknown {section} fields {sorted(unknown)}; expected a subset of {sorted(fields)}")
+  return cls(**dict(cfg))
 
 
 def per_example_loss(a: jax.Array, b: jax.Array, loss: str = "l2", mask: jax.Array | None = None) -> jax.Array:
