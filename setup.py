@@ -17,6 +17,7 @@ CORE = [
     "soundfile>=0.14.0",
     "pyloudnorm>=0.2.0",
     "mir_eval>=0.8.2",
+    "diffrax>=0.7.2",
     "safetensors>=0.8.0",
     "scipy>=1.17",
     "numpy>=2.0",
