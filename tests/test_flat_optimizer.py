@@ -87,3 +87,31 @@ def test_sharded_parameters_are_updated_leaf_by_leaf():
   config.mesh.fsdp = 1
   config.mesh.rules = ((".*kernel", (None, "data")),)
   assert not make_optimizer(config).one_buffer
+
+
+@pytest.mark.parametrize("one_buffer", [True, False])
+def test_lr_multipliers_equal_adam_at_the_scaled_rate_on_that_subtree(one_buffer):
+  """Adam's update is linear in its learning rate, so a factor on `head` equals running `head` at lr·factor."""
+  params = _params(jax.random.PRNGKey(3))
+  schedule = optax.cosine_decay_schedule(1e-2, 10)
+  flat = FlatOptimizer(optax.adam(schedule), FROZEN, one_buffer, lr_multipliers={"head": 0.1, "head/bias": 3.0})
+  factors = {"head/kernel": 0.1, "head/bias": 3.0, "scale": 1.0}  # the longest prefix wins
+  reference = optax.multi_transform(
+      {name: optax.adam(lambda n, f=f: f * schedule(n)) for name, f in factors.items()} | {"encoder": optax.set_to_zero()},
+      {"encoder": {"w": "encoder"}, "head": {"kernel": "head/kernel", "bias": "head/bias"}, "scale": "scale"})
+  state, ref_state, ref_params = flat.init(params), reference.init(params), params
+  for step in range(3):
+    grads = jax.tree.map(lambda x: (step + 1.0) * jnp.cos(x), params)
+    params, state, _, _ = jax.jit(flat.apply)(grads, state, params, jnp.bool_(True))
+    updates, ref_state = reference.update(grads, ref_state, ref_params)
+    ref_params = optax.apply_updates(ref_params, updates)
+  for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_an_lr_multiplier_on_no_trainable_parameter_is_an_error():
+  params = _params(jax.random.PRNGKey(4))
+  for prefix in ("haed", "encoder"):  # misspelt; frozen
+    flat = FlatOptimizer(optax.adam(1e-3), FROZEN, lr_multipliers={prefix: 0.1})
+    with pytest.raises(ValueError, match=f"optimizer.lr_multipliers names '{prefix}'.*head, scale"):
+      flat.apply(params, flat.init(params), params, jnp.bool_(True))

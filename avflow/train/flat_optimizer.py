@@ -7,13 +7,14 @@ few dozen lines in all, and each leaf costs one line to concatenate and two to s
 the per-leaf layout of `freeze(tx, frozen_prefixes)` (the checkpoint layout does not change); it is converted to the
 buffer and back inside the step, where XLA turns the conversions into copies.
 """
-from typing import Any, Iterable
+import itertools
+from typing import Any, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from avflow.train.partition import TRAINABLE, freeze, frozen_mask
+from avflow.train.partition import TRAINABLE, freeze, frozen_mask, update_scales
 
 
 def _concat(leaves: list) -> jax.Array:
@@ -40,12 +41,18 @@ class FlatOptimizer:
   built, saved or restored before is the same tree. With `one_buffer=False` (parameters sharded over devices, FSDP)
   the same update runs leaf by leaf, where each shard updates locally: one buffer would gather every parameter onto
   every device.
+
+  `lr_multipliers` ({prefix: factor}) scales the updates of the trainable subtrees under each prefix after `tx`: a
+  learning rate `factor` times the schedule's for that part of the model (Adam's step does not see a gradient
+  scale, so the factor has to act on its update).
   """
 
-  def __init__(self, tx: optax.GradientTransformation, frozen_prefixes: Iterable[str] = (), one_buffer: bool = True):
+  def __init__(self, tx: optax.GradientTransformation, frozen_prefixes: Iterable[str] = (), one_buffer: bool = True,
+               lr_multipliers: Mapping[str, float] | None = None):
     self.tx = tx
     self.frozen_prefixes = tuple(frozen_prefixes)
     self.one_buffer = one_buffer
+    self.lr_multipliers = dict(lr_multipliers or {})
 
   @property
   def per_leaf(self) -> optax.GradientTransformation:
@@ -86,6 +93,12 @@ class FlatOptimizer:
     is_moment = lambda t: t.shape == p.shape  # noqa: E731
     state = jax.tree.map(lambda t, sub: _concat(jax.tree.leaves(sub)) if is_moment(t) else sub, template, inner)
     updates, new_state = self.tx.update(g, state, p)
+    if self.lr_multipliers:
+      # A subtree's leaves are contiguous in the buffer: a few runs of one factor each, broadcast, not stored.
+      leaves = jax.tree.leaves(update_scales(params, self.frozen_prefixes, self.lr_multipliers))
+      runs = [(f, sum(p_leaves[i].size for i in group))
+              for f, group in itertools.groupby(trainable, key=lambda i: leaves[i])]
+      updates = updates * jnp.concatenate([jnp.full((n,), f, updates.dtype) for f, n in runs])
     finite = finite_loss & jnp.all(jnp.isfinite(g))
     p = _keep(finite, optax.apply_updates(p, updates), p)
     new_state = _keep(finite, new_state, state)
@@ -98,6 +111,9 @@ class FlatOptimizer:
 
   def _apply_per_leaf(self, grads, opt_state, params, finite_loss, trainable_grads: list):
     updates, new_state = self.per_leaf.update(grads, opt_state, params)
+    if self.lr_multipliers:
+      scales = update_scales(params, self.frozen_prefixes, self.lr_multipliers)
+      updates = jax.tree.map(lambda u, m: u * jnp.asarray(m, u.dtype), updates, scales)
     finite = finite_loss & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in trainable_grads]))
     return (_keep(finite, optax.apply_updates(params, updates), params), _keep(finite, new_state, opt_state), finite,
             optax.global_norm(trainable_grads))

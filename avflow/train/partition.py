@@ -6,7 +6,7 @@ trainable. `freeze` routes frozen leaves to `optax.set_to_zero()` through
 `optax.multi_transform`: their updates are exactly zero and the wrapped optimizer allocates no
 state (no Adam moments) for them.
 """
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import jax
 import optax
@@ -38,3 +38,22 @@ def freeze(tx: optax.GradientTransformation, frozen_prefixes: Iterable[str]) -> 
   prefixes = tuple(frozen_prefixes)
   return optax.multi_transform({TRAINABLE: tx, FROZEN: optax.set_to_zero()},
                                lambda params: partition_labels(params, prefixes))
+
+
+def update_scales(params: Any, frozen_prefixes: Iterable[str], lr_multipliers: Mapping[str, float]) -> Any:
+  """Pytree of floats: the factor of `lr_multipliers` ({prefix: factor}, config `optimizer.lr_multipliers`) whose
+  prefix holds the leaf, the longest such prefix when several do, else 1. A prefix that names no trainable leaf is a
+  `ValueError`: a misspelt one would otherwise train that part at the full rate without a word."""
+  names = jax.tree.leaves(jax.tree_util.tree_map_with_path(lambda path, _: path_name(path), params))
+  trainable = [n for n, frozen in zip(names, jax.tree.leaves(frozen_mask(params, frozen_prefixes))) if not frozen]
+  for prefix in lr_multipliers:
+    if not any(_is_under(n, (prefix,)) for n in trainable):
+      top = sorted({n.split("/")[0] for n in trainable})
+      raise ValueError(f"optimizer.lr_multipliers names {prefix!r}, which holds no trainable parameter; the trainable "
+                       f"top-level subtrees are {', '.join(top)}")
+
+  def factor(path, _):
+    held = [p for p in lr_multipliers if _is_under(path_name(path), (p,))]
+    return float(lr_multipliers[max(held, key=len)]) if held else 1.0
+
+  return jax.tree_util.tree_map_with_path(factor, params)

@@ -39,7 +39,8 @@ def make_optimizer(config) -> FlatOptimizer:
     tx = optax.chain(optax.clip_by_global_norm(opt_cfg.clip_norm), tx)
   mesh = config.mesh
   replicated = mesh.fsdp == 1 and all(spec == "fsdp" for _, spec in mesh.get("rules", ((".*", "fsdp"),)))
-  return FlatOptimizer(tx, tasks.get(config).frozen_prefixes(config.model), one_buffer=replicated)
+  return FlatOptimizer(tx, tasks.get(config).frozen_prefixes(config.model), one_buffer=replicated,
+                       lr_multipliers=dict(opt_cfg.get("lr_multipliers", {})))
 
 
 def create_train_state(model, config, example_batch: dict, tx: FlatOptimizer) -> TrainState:
