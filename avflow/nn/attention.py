@@ -10,12 +10,23 @@ convert mechanically (a Flax `kernel` is the transposed PyTorch `weight`):
   context encoder. Inputs are batch-first `(B, L, D)`.
 - `GEGLUFeedForward`: `Linear(d, 2*hidden)` split into value and gate,
   `value * gelu(gate)` with the exact (erf) GELU, then `Linear(hidden, d)`.
+- `BasicTransformerBlock`: the latent-diffusion block built from them (pre-LN self-attention, cross-attention,
+  GEGLU); VisAH's latent transformer and, with rotary positions in its self-attention, the VAFlow DiT.
 """
 from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from avflow.nn.embeddings import rotary_embedding
+
+_LN_EPS = 1e-5  # torch.nn.LayerNorm default
+
+
+def layer_norm(name: str) -> nn.LayerNorm:
+  """`torch.nn.LayerNorm` (eps 1e-5, two-pass variance)."""
+  return nn.LayerNorm(epsilon=_LN_EPS, use_fast_variance=False, name=name)
 
 
 def multi_head_attention(q: jax.Array, k: jax.Array, v: jax.Array, num_heads: int) -> jax.Array:
@@ -42,17 +53,26 @@ class Attention(nn.Module):
 
   `x (B, Lq, Dq)` attends to `context (B, Lk, Dk)` (to itself when `context` is None);
   the output has the width of `x`. PyTorch keys: `to_{q,k,v}.weight`, `to_out.0.{weight,bias}`.
+  `rope_dim > 0` (self-attention only) rotates the first `rope_dim` channels of every query and key head by
+  the token's position `0..Lq-1` (`avflow.nn.embeddings.rotary_embedding`, base `rope_base`).
   """
   heads: int
   dim_head: int
+  rope_dim: int = 0
+  rope_base: float = 10000.0
 
   @nn.compact
   def __call__(self, x: jax.Array, context: Optional[jax.Array] = None) -> jax.Array:
+    if self.rope_dim and context is not None:
+      raise ValueError("rotary positions (rope_dim > 0) are for self-attention; cross-attention got a context")
     context = x if context is None else context
     inner = self.heads * self.dim_head
     q = nn.Dense(inner, use_bias=False, name="to_q")(x)
     k = nn.Dense(inner, use_bias=False, name="to_k")(context)
     v = nn.Dense(inner, use_bias=False, name="to_v")(context)
+    if self.rope_dim:
+      positions = jnp.arange(x.shape[1])
+      q, k = (rotary_embedding(a, positions, self.heads, self.rope_dim, self.rope_base) for a in (q, k))
     out = multi_head_attention(q, k, v, self.heads)
     return nn.Dense(x.shape[-1], name="to_out")(out)
 
@@ -89,3 +109,21 @@ class GEGLUFeedForward(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     value, gate = jnp.split(nn.Dense(2 * self.hidden, name="proj")(x), 2, axis=-1)
     return nn.Dense(x.shape[-1], name="out")(value * nn.gelu(gate, approximate=False))
+
+
+class BasicTransformerBlock(nn.Module):
+  """Latent-diffusion `BasicTransformerBlock`: pre-LN self-attn, cross-attn to `context (B, N, Dc)`, GEGLU (4x).
+
+  `rope_dim > 0` gives the self-attention rotary positions (`Attention`); 0 is VisAH's block, which has none.
+  """
+  n_heads: int
+  d_head: int
+  rope_dim: int = 0
+  rope_base: float = 10000.0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
+    self_attention = Attention(self.n_heads, self.d_head, self.rope_dim, self.rope_base, name="attn1")
+    x = x + self_attention(layer_norm("norm1")(x))
+    x = x + Attention(self.n_heads, self.d_head, name="attn2")(layer_norm("norm2")(x), context)
+    return x + GEGLUFeedForward(4 * x.shape[-1], name="ff")(layer_norm("norm3")(x))

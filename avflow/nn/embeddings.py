@@ -1,4 +1,4 @@
-"""Sinusoidal embeddings: token positions and continuous flow time."""
+"""Sinusoidal embeddings: token positions, continuous flow time and rotary position embeddings (RoPE)."""
 import math
 
 import jax
@@ -38,3 +38,28 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0,
   if dim % 2:
     emb = jnp.pad(emb, ((0, 0), (0, 1)))
   return emb
+
+
+def rotary_embedding(x: jax.Array, positions: jax.Array, num_heads: int, rope_dim: int,
+                     base: float = 10000.0) -> jax.Array:
+  """1-D rotary position embedding (RoPE, Su et al.) of queries or keys `x (B, L, H*Dh)` at `positions (L,)`.
+
+  In each head, the first `rope_dim` channels rotate in pairs `(c_j, c_{j + rope_dim/2})`, j < rope_dim/2, by the
+  angle `p · base**(-2j / rope_dim)` (the "rotate half" layout of GPT-NeoX and Stable Audio Open's transformer);
+  the remaining `Dh - rope_dim` channels pass unchanged. A dot product of a query rotated at p and a key rotated
+  at p' then depends on the positions only through p − p'.
+  """
+  b, length, inner = x.shape
+  if inner % num_heads:
+    raise ValueError(f"width {inner} is not divisible by {num_heads} heads")
+  d_head = inner // num_heads
+  if rope_dim % 2 or not 0 < rope_dim <= d_head:
+    raise ValueError(f"rope_dim must be even and in (0, {d_head}] (the head width), got {rope_dim}")
+  half = rope_dim // 2
+  freqs = base**(-jnp.arange(half, dtype=jnp.float32) / half)
+  angles = jnp.asarray(positions, jnp.float32)[:, None] * freqs[None, :]  # (L, half)
+  cos, sin = jnp.cos(angles)[:, None, :], jnp.sin(angles)[:, None, :]
+  heads = x.reshape(b, length, num_heads, d_head)
+  x1, x2, rest = heads[..., :half], heads[..., half:rope_dim], heads[..., rope_dim:]
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1).astype(x.dtype)
+  return rotated.reshape(b, length, inner)

@@ -60,18 +60,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from avflow.nn.attention import Attention, GEGLUFeedForward, MultiheadAttention
+from avflow.nn.attention import BasicTransformerBlock, MultiheadAttention, layer_norm
 from avflow.nn.demucs_layers import flax_conv
 from avflow.nn.embeddings import sinusoidal_positions
 
 CONTEXT_ATTENTION_MODES = ("frames", "legacy_batch_axis")
-_LN_EPS = 1e-5  # torch.nn.LayerNorm default
-
-
-def _layer_norm(name: str) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=_LN_EPS, use_fast_variance=False, name=name)
-
-
 class ContextEncoderLayer(nn.Module):
   """Pre-LN DETR-style encoder layer (`normalize_before=True`, GELU, no dropout).
 
@@ -83,7 +76,7 @@ class ContextEncoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, src: jax.Array, pos: jax.Array) -> jax.Array:
-    h = _layer_norm("norm1")(src)
+    h = layer_norm("norm1")(src)
     qk = h + pos
     if self.attention == "legacy_batch_axis":
       # (B, N, D) read as (sequence, batch, feature): attend over B for each frame index.
@@ -92,20 +85,8 @@ class ContextEncoderLayer(nn.Module):
     if self.attention == "legacy_batch_axis":
       out = jnp.swapaxes(out, 0, 1)
     src = src + out
-    h = nn.Dense(self.ff_dim, name="linear1")(_layer_norm("norm2")(src))
+    h = nn.Dense(self.ff_dim, name="linear1")(layer_norm("norm2")(src))
     return src + nn.Dense(src.shape[-1], name="linear2")(nn.gelu(h, approximate=False))
-
-
-class BasicTransformerBlock(nn.Module):
-  """Latent-diffusion `BasicTransformerBlock`: pre-LN self-attn, cross-attn, GEGLU (4x)."""
-  n_heads: int
-  d_head: int
-
-  @nn.compact
-  def __call__(self, x: jax.Array, context: jax.Array) -> jax.Array:
-    x = x + Attention(self.n_heads, self.d_head, name="attn1")(_layer_norm("norm1")(x))
-    x = x + Attention(self.n_heads, self.d_head, name="attn2")(_layer_norm("norm2")(x), context)
-    return x + GEGLUFeedForward(4 * x.shape[-1], name="ff")(_layer_norm("norm3")(x))
 
 
 class AVLatentTransformer(nn.Module):
