@@ -9,12 +9,14 @@ from avflow.flow.diffusion import DiffusionConfig, DiffusionTrajectory, ddim_sam
 from avflow.flow.objectives import (ObjectiveConfig, consistency_loss, flow_loss, flow_matching_loss,
                                     per_example_loss, rollout_loss)
 from avflow.flow.paths import interpolate, sample_source, target_velocity
-from avflow.flow.solvers import Hook, Trajectory, integrate, masked_replacement
+from avflow.flow.solvers import (AdaptiveSolution, Hook, Trajectory, grid_nfe, integrate, integrate_dopri5,
+                                 masked_replacement)
 from avflow.flow.time import discrete_grid_time, logit_normal_time, sample_time, time_grid, uniform_time
 
 __all__ = [
-    "DiffusionConfig", "DiffusionTrajectory", "Hook", "ObjectiveConfig", "Trajectory", "consistency_loss",
-    "ddim_sample", "diffusion", "diffusion_loss", "discrete_grid_time", "flow_loss", "flow_matching_loss",
-    "integrate", "interpolate", "logit_normal_time", "masked_replacement", "per_example_loss", "q_sample",
-    "rollout_loss", "sample_source", "sample_time", "target_velocity", "time_grid", "uniform_time",
+    "AdaptiveSolution", "DiffusionConfig", "DiffusionTrajectory", "Hook", "ObjectiveConfig", "Trajectory",
+    "consistency_loss", "ddim_sample", "diffusion", "diffusion_loss", "discrete_grid_time", "flow_loss",
+    "flow_matching_loss", "grid_nfe", "integrate", "integrate_dopri5", "interpolate", "logit_normal_time",
+    "masked_replacement", "per_example_loss", "q_sample", "rollout_loss", "sample_source", "sample_time",
+    "target_velocity", "time_grid", "uniform_time",
 ]
