@@ -106,9 +106,10 @@ def drop_condition(key: jax.Array, cond: Any, rate: float = 0.1, null: Any = Non
   leaves = jax.tree.leaves(cond)
   if not leaves:
     return cond
-  batch = leaves[0].shape[0] if leaves[0].ndim else None
-  if batch is None or any(leaf.ndim == 0 or leaf.shape[0] != batch for leaf in leaves):
+  batches = {leaf.shape[:1] for leaf in leaves}
+  if len(batches) != 1 or batches == {()}:
     raise ValueError(f"every condition leaf needs the batch axis first; got shapes {[leaf.shape for leaf in leaves]}")
+  (batch,), = batches
   dropped = jax.random.bernoulli(key, rate, (batch,))
 
   def select(leaf, null_leaf):
