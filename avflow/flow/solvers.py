@@ -1,4 +1,6 @@
-"""Fixed-grid ODE solvers for dx/dt = v(x, t, cond) from t=0 (input) towards t=1 (target)."""
+"""ODE solvers for dx/dt = v(x, t, cond) from t=0 (input) towards t=1 (target): Euler, midpoint and Heun on the N-step
+grid, and adaptive Dormand–Prince 5(4) (dopri5, VAFlow Sec. 4.1) through diffrax.
+"""
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -10,7 +12,8 @@ from avflow.flow.time import time_grid
 VelocityFn = Callable[[jax.Array, jax.Array, Any], jax.Array]
 # A per-step hook `hook(state, t_next, x0) -> state`: a projection of the state after each solver step.
 Hook = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
-METHODS = ("euler", "midpoint", "heun")
+EVALUATIONS_PER_STEP = {"euler": 1, "midpoint": 2, "heun": 2}
+METHODS = tuple(EVALUATIONS_PER_STEP)
 
 
 class Trajectory(NamedTuple):
@@ -59,6 +62,55 @@ def integrate(velocity_fn: VelocityFn, x0: jax.Array, cond: Any, num_steps: int,
   final, (states, velocities) = jax.lax.scan(body, x0, (times[:-1], times[1:]))
   states = jnp.concatenate([x0[None], states], axis=0)
   return Trajectory(final=final, states=states, velocities=velocities, times=times)
+
+
+def grid_nfe(method: str, num_steps: int, stop_after: int | None = None) -> int:
+  """Velocity evaluations (NFE) of `integrate`: one per Euler step, two per midpoint or Heun step."""
+  if method not in EVALUATIONS_PER_STEP:
+    raise ValueError(f"unknown solver {method!r}; expected one of {METHODS}")
+  return EVALUATIONS_PER_STEP[method] * (time_grid(num_steps, stop_after).shape[0] - 1)
+
+
+class AdaptiveSolution(NamedTuple):
+  """An adaptive solve: the state at t=1, its velocity evaluations (NFE) and its attempted and rejected steps."""
+  final: jax.Array
+  nfe: jax.Array
+  num_steps: jax.Array
+  num_rejected_steps: jax.Array
+
+
+def _largest_example_rms(error: jax.Array) -> jax.Array:
+  """The step-size controller's norm: the RMS of each example's scaled error, the largest over the batch."""
+  per_example = jnp.reshape(error, (error.shape[0], -1))
+  return jnp.max(jnp.sqrt(jnp.mean(jnp.square(per_example), axis=1)))
+
+
+def integrate_dopri5(velocity_fn: VelocityFn, x0: jax.Array, cond: Any, rtol: float = 1e-5, atol: float = 1e-5,
+                     dt0: float = 0.01, max_steps: int = 4096) -> AdaptiveSolution:
+  """Integrates from t=0 to t=1 with adaptive Dormand–Prince 5(4) steps (diffrax `Dopri5`, PI step-size control).
+
+  VAFlow samples with dopri5 (Sec. 4.1–4.2; no tolerances reported). The first step tries `dt0`; a step is kept when
+  the RMS of error / (atol + rtol·|x|) is ≤ 1 for every example: one step size serves the batch, set by its hardest
+  example, so an example's result depends on its batch only within the tolerances. More than `max_steps` attempted
+  steps is an error. Jit-able; gradients flow through the steps (diffrax's checkpointed adjoint).
+
+  NFE = 6·num_steps + 1, from diffrax's stats: every attempted step (kept or rejected) evaluates the six stages
+  after its first; the first stage is the last stage of the previous kept step (FSAL), evaluated anew only for the
+  first step. A rejected first step re-evaluates its first stage on the retry, one evaluation the count leaves out.
+  """
+  import diffrax  # Here only: with equinox it adds half a second to every import of the flow core.
+  if rtol < 0 or atol < 0 or rtol + atol == 0:
+    raise ValueError(f"dopri5 tolerances must be ≥ 0 and not both 0, got rtol={rtol}, atol={atol}")
+  if not 0 < dt0 <= 1:
+    raise ValueError(f"dopri5 dt0 must be in (0, 1], got {dt0}")
+  batch = x0.shape[0]
+  term = diffrax.ODETerm(lambda t, x, c: velocity_fn(x, jnp.broadcast_to(jnp.asarray(t, jnp.float32), (batch,)), c))
+  controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=_largest_example_rms)
+  solution = diffrax.diffeqsolve(term, diffrax.Dopri5(), t0=0.0, t1=1.0, dt0=dt0, y0=x0, args=cond,
+                                 saveat=diffrax.SaveAt(t1=True), stepsize_controller=controller, max_steps=max_steps)
+  num_steps = solution.stats["num_steps"]
+  return AdaptiveSolution(final=solution.ys[0], nfe=6 * num_steps + 1, num_steps=num_steps,
+                          num_rejected_steps=solution.stats["num_rejected_steps"])
 
 
 def masked_replacement(mask: jax.Array, reference: jax.Array, sigma_min: float = 0.0) -> Hook:
