@@ -1,4 +1,5 @@
-"""VAFlow model scales: `config.model` of the DiT velocity field (`dit.VelocityDiT`) and the toy's codec.
+"""VAFlow model scales: `config.model` of the DiT velocity field (`dit.VelocityDiT`), `config.prior` of the
+alignment VAE (`prior.AlignmentVAE`) and the toy's codec.
 
 The paper (Sec. 4.4, Fig. 4) scales its DiT by width and depth to 142M, 264M, 527M and 1.05B parameters but gives
 no layer counts, widths or heads; Sec. 4.2 uses "VAFlow-CLIP-142M". `paper` is a reconstruction of that model,
@@ -12,6 +13,13 @@ not a published configuration:
   small  width 384, depth 8, 6 heads of 64; D_a = 64, D_v = 768: ~26M, for one-accelerator experiments.
   toy    width 64, depth 2, 4 heads of 16 (RoPE on 8); D_a = 64 (the toy's 64-band log-mel codec), D_v = 64:
          ~0.18M, trained on a CPU in minutes.
+
+The alignment VAE's sizes are not published either (Sec. 4.1: "three alignment VAEs with comparable parameter
+scales", one per visual encoder); every `prior_config` width below is a choice, not the paper's:
+
+  paper  D_v = 768 -> D_a = 64, width 512, 2 residual blocks of kernel 3 per side: 4,892,544 parameters.
+  small  the same features at width 256, 1 block: 1,265,536.
+  toy    D_v = 64 (the toy DiT's video width) -> D_a = 64, width 32, 1 block: 25,152.
 
 Every field can be overridden (`--config.model.depth=...`); `learned_null` chooses the null condition of
 classifier-free guidance (False: zero video features, the paper's).
@@ -29,6 +37,15 @@ def model_config(scale: str) -> ml_collections.ConfigDict:
       "paper": dict(latent_dim=64, video_dim=768, width=768, depth=12, heads=12, rope_dim=32, time_embed_dim=256),
   }[_check(scale)]
   return ml_collections.ConfigDict({**per_scale, "rope_base": 10000.0, "learned_null": False})
+
+
+def prior_config(scale: str) -> ml_collections.ConfigDict:
+  """`config.prior` of the `AlignmentVAE` at one scale; its `video_dim` and `latent_dim` are the DiT's."""
+  model = model_config(scale)
+  per_scale = {"toy": dict(width=32, blocks=1), "small": dict(width=256, blocks=1),
+               "paper": dict(width=512, blocks=2)}[scale]
+  return ml_collections.ConfigDict(dict(video_dim=model.video_dim, latent_dim=model.latent_dim, kernel_size=3,
+                                        **per_scale))
 
 
 def codec_config() -> ml_collections.ConfigDict:
