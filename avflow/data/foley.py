@@ -1,11 +1,13 @@
-"""Toy foley: silent-looking events and their sounds, a small stand-in for video-to-audio data (VAFlow Sec. 4).
+"""Toy foley: clips whose frames show events and whose audio holds their sounds, a small stand-in for the
+video-to-audio data of VAFlow.
 
 A clip holds 1 to `max_events` events, each of one of `CLASSES`. An event strikes at a frame time k / fps: its
 object (a shape and colour of its own class, `SHAPES`, `COLOURS`) appears at a random place in frame k and stays
 `visible_frames` frames, and its sound, of a timbre of its own class, starts at sample k / fps · sample_rate:
 
-- bell: a pitched, decaying tone of three inharmonic partials (fundamental 500-800 Hz);
-- drum: a decaying burst of low-passed noise (cut-off 200-450 Hz);
+- bell: a pitched, decaying tone of inharmonic partials (fundamental 500-800 Hz; partials above 0.45 · sample_rate
+  are left out);
+- drum: a decaying burst of low-passed noise (cut-off 120-250 Hz);
 - rattle: a train of clicks (50-80 per second, each a damped 2.5-3.5 kHz ring), fading out;
 - whistle: a sine sweeping up or down between 1 and 3 kHz.
 
@@ -31,7 +33,7 @@ EVENT_SECONDS = 0.3  # every sound ends (with a 10 ms release) within this of it
 RELEASE_SECONDS = 0.01
 MIN_GAP_SECONDS = 0.35  # between onsets: more than twice a ±0.1 s onset tolerance, and more than an event's sound
 VISIBLE_SECONDS = 0.2  # how long an object stays on screen (rounded to whole frames, at least one)
-EVENT_PEAK = (0.3, 0.8)  # range of an event's peak amplitude (all below the 0.9 peak limit)
+EVENT_PEAK = (0.3, 0.8)  # range of an event's peak amplitude; sounds never overlap, so a clip peaks below 0.9
 NOISE_FLOOR = (1e-3, 4e-3)  # range of the background noise's standard deviation
 FOLEY_STREAM = 2  # the last entry of a clip's seed, so foley clips and toy movies never share a random stream
 
@@ -164,7 +166,7 @@ def _bell(rng, sr: int, length: int) -> np.ndarray:
 
 
 def _drum(rng, sr: int, length: int) -> np.ndarray:
-  cutoff = rng.uniform(200.0, 450.0)
+  cutoff = rng.uniform(120.0, 250.0)
   noise = _shaped_noise(rng, sr, length, lambda f: 1.0 / np.sqrt(1.0 + (f / cutoff) ** 4))
   return noise * _envelope(sr, length, 0.001, rng.uniform(0.03, 0.07))
 
