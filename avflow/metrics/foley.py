@@ -1,5 +1,5 @@
-"""Video-to-audio metrics that need no pretrained network (the toy stand-ins for VAFlow's FD, classifier accuracy and
-synchronisation scores, Sec. 4.1).
+"""Video-to-audio metrics that need no pretrained network: toy stand-ins for the Fréchet distance, semantic and
+synchronisation scores that VAFlow reports with pretrained networks (FD_pas, KL, Acc).
 
 - **Onset sync** (`onset_sync`): onsets detected in generated audio by librosa's spectral-flux onset detector
   (`detect_onsets`) against the reference event times, matched one to one within ±`ONSET_TOLERANCE` s
@@ -52,8 +52,11 @@ def _mel_basis(sample_rate: int) -> np.ndarray:
 def log_mel(audio, sample_rate: int) -> np.ndarray:
   """`audio (L,)` -> mel power in dB `(N_MELS, T)`, 10 log10(mel + `LOG_FLOOR`); frame t is centred on sample
   t · hop, the signal reflected at its ends."""
+  x = np.asarray(audio, np.float32)
+  if x.ndim != 1:
+    raise ValueError(f"expected a clip of shape (L,), got {x.shape}")
   n_fft, hop = _geometry(sample_rate)
-  power = np.abs(librosa.stft(np.asarray(audio, np.float32), n_fft=n_fft, hop_length=hop, pad_mode="reflect")) ** 2
+  power = np.abs(librosa.stft(x, n_fft=n_fft, hop_length=hop, pad_mode="reflect")) ** 2
   # einsum's own loop: a product this small costs more in waking BLAS threads than in arithmetic.
   return 10.0 * np.log10(np.einsum("mf,ft->mt", _mel_basis(sample_rate), power) + LOG_FLOOR)
 
@@ -76,7 +79,7 @@ def onset_sync(audio: Sequence, event_times: Sequence, sample_rate: int,
                tolerance: float = ONSET_TOLERANCE) -> dict:
   """Onset-sync accuracy of clips `audio[i]` (L_i,) against their reference event times `event_times[i]` (seconds):
   {"f1", "precision", "recall"} of `mir_eval.onset.f_measure` (one-to-one matches within ± `tolerance` s), each the
-  mean over clips, and "count" (clips). A clip without detected onsets scores 0."""
+  mean over clips (NaN for no clips), and "count" (clips). A clip without detected onsets scores 0."""
   if len(audio) != len(event_times):
     raise ValueError(f"{len(audio)} clips of audio but {len(event_times)} lists of event times")
   scores = []
@@ -106,7 +109,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   code does; the square root's imaginary round-off is dropped."""
   mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
   sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-  if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
+  if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
     raise ValueError(f"expected means (D,) and covariances (D, D) of one D, got {mu1.shape}, {sigma1.shape}, "
                      f"{mu2.shape}, {sigma2.shape}")
   root = scipy.linalg.sqrtm(sigma1 @ sigma2)
@@ -118,7 +121,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
 
 
 def audio_frechet_distance(audio_a: Sequence, audio_b: Sequence, sample_rate: int) -> float:
-  """The Fréchet distance between two sets of clips (each two or more) on `audio_embedding`."""
+  """The Fréchet distance (in dB²) between two sets of clips, each two or more, on `audio_embedding`: the Gaussians
+  of the sets' embeddings, with their means and (unbiased) covariances."""
   if len(audio_a) < 2 or len(audio_b) < 2:
     raise ValueError(f"a Fréchet distance needs two or more clips per set, got {len(audio_a)} and {len(audio_b)}")
   a, b = audio_embedding(audio_a, sample_rate), audio_embedding(audio_b, sample_rate)
@@ -206,9 +210,12 @@ def train_event_classifier(examples: Sequence, sample_rate: int, num_classes: in
 def event_class_accuracy(classifier: EventClassifier, audio: Sequence, classes: Sequence) -> dict:
   """Scores clips `audio[i]` against their reference event classes `classes[i]` (an iterable of ints; the set is
   what counts): "accuracy", the fraction of clips whose predicted class set (probability > 0.5) is exactly the
-  reference set; "label_accuracy", the fraction of (clip, class) decisions that are right; and "count" (clips)."""
+  reference set; "label_accuracy", the fraction of (clip, class) decisions that are right; and "count" (clips).
+  Both are NaN for no clips."""
   if len(audio) != len(classes):
     raise ValueError(f"{len(audio)} clips of audio but {len(classes)} lists of classes")
+  if not len(audio):
+    return {"accuracy": math.nan, "label_accuracy": math.nan, "count": 0}
   predicted = classifier.probabilities(audio) > 0.5
   reference = _multi_hot(classes, classifier.num_classes) > 0.5
   return {"accuracy": float(np.mean(np.all(predicted == reference, axis=1))),
