@@ -45,6 +45,12 @@ def test_shapes_dtypes_levels_and_captions(val_clips):
   assert foley.caption([2]) == "a rattle shakes"
   with pytest.raises(IndexError, match="index 40 out of range for 40 clips"):
     ds[40]
+  other = foley.ToyFoley(sample_rate=16000, frames_per_second=10, image_size=24, max_events=4)
+  assert other.visible_frames == 2 and other.gap_frames == 4 and other.capacity == 4
+  for i in range(5):
+    clip = other[i]
+    assert clip["audio"].shape == (32000,) and clip["frames"].shape == (20, 24, 24, 3)
+    assert events_seen(clip["frames"], fps=10) == clip["events"]
 
 
 def test_deterministic_per_seed_split_index(val_clips):
