@@ -157,7 +157,7 @@ def base_config(scale: str, task: str) -> ml_collections.ConfigDict:
 # DAVIS per scale: (total_steps, batch_size, eval_every, checkpoint_every, log_every, learning_rate, warmup_steps).
 # Paper: Adam, lr 1e-4, batch 8, 200 epochs of MUSIC (468 videos × 5 duplicates / 8 ≈ 292 steps per epoch).
 _SEPARATION_SCHEDULE = {
-    "toy": (1500, 8, 500, 500, 25, 2e-3, 50),
+    "toy": (1000, 8, 500, 500, 25, 2e-3, 50),
     "paper": (58500, 8, 2925, 2925, 100, 1e-4, 0),
 }
 
