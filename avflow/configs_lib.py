@@ -270,7 +270,7 @@ def v2a_config(scale: str) -> ml_collections.ConfigDict:
   c.condition_dropout = 0.1  # Sec. 3.3: x_v is replaced by ∅ for 10 % of the training examples
   # Sampling: `method` one of the grid solvers or "dopri5" (adaptive, rtol / atol); CFG scale γ (Eq. 10); the seed
   # of the source sample (the prior's ε, or the Gaussian x0).
-  c.inference = ml_collections.ConfigDict(dict(method="euler", num_steps=8, cfg=2.0, rtol=1e-3, atol=1e-3, seed=0))
+  c.inference = ml_collections.ConfigDict(dict(method="euler", num_steps=8, cfg=1.0, rtol=1e-3, atol=1e-3, seed=0))
   c.eval = ml_collections.ConfigDict(dict(batch_size=32, num_samples=4))
   return c
 

@@ -109,7 +109,7 @@ def test_joint_loss_adds_the_weighted_kl_to_the_velocity_loss():
   model = tasks.get(config).build(config.model)
   batch = _batch(config)
   params = tasks.get(config).init(model, jax.random.PRNGKey(0), batch)
-  loss, terms = make_loss_fn(model, config)(params, batch, jax.random.PRNGKey(1))
+  loss, terms = jax.jit(make_loss_fn(model, config))(params, batch, jax.random.PRNGKey(1))
   np.testing.assert_allclose(loss, terms["fm"] + config.prior_loss.kl_weight * terms["kl"], rtol=1e-6)
 
 
@@ -185,11 +185,10 @@ def test_without_cross_attention_the_frames_reach_the_flow_through_the_prior_onl
 
 @pytest.fixture(scope="module")
 def stages(tmp_path_factory):
-  """The three stages, each two steps, each starting from the previous run."""
+  """The VAE's pretraining and the estimator stage that starts from it, two steps each."""
   root = tmp_path_factory.mktemp("vaflow")
   runs = {}
-  for name, variant, after in (("prior", "toy", None), ("frozen", "toy_prior_frozen", "prior"),
-                               ("joint", "toy_prior_joint", "frozen")):
+  for name, variant, after in (("prior", "toy", None), ("frozen", "toy_prior_frozen", "prior")):
     config = _config(variant, total_steps=2, eval_every=2, checkpoint_every=2,
                      init_from=str(runs[after][1]) if after else "")
     runs[name] = (config, root / name)
@@ -197,26 +196,22 @@ def stages(tmp_path_factory):
   return runs
 
 
-def test_each_stage_starts_from_the_previous_run_and_keeps_what_it_freezes(stages):
+def test_the_estimator_stage_starts_from_the_pretrained_vae_and_keeps_it(stages):
   params = {name: checkpoint.load_params(str(workdir)) for name, (_, workdir) in stages.items()}
   assert set(params["prior"]) == {"prior"} and set(params["frozen"]) == {"prior", "dit"}
   jax.tree.map(np.testing.assert_array_equal, params["prior"]["prior"], params["frozen"]["prior"])
-  for name in ("decoder", "output_norm", "output_proj"):
-    jax.tree.map(np.testing.assert_array_equal, params["frozen"]["prior"][name], params["joint"]["prior"][name])
-  assert np.any(params["frozen"]["prior"]["encoder"]["conv_in"]["kernel"]
-                != params["joint"]["prior"]["encoder"]["conv_in"]["kernel"])
 
 
 def test_evaluation_scores_generated_audio_the_source_and_the_codec(stages):
   prior_report = json.load(open(stages["prior"][1] / "eval.json"))
   assert set(prior_report["prediction"]) == {"loss", "kl", "reconstruction", "contrastive"}
-  config, workdir = stages["joint"]
+  config, workdir = stages["frozen"]
   report = json.load(open(workdir / "eval.json"))
   metrics = {"fd", "onset_f1", "onset_precision", "onset_recall", "event_accuracy", "event_label_accuracy"}
   for part in ("prediction", "input", "reconstruction"):
     assert set(report[part]) == metrics and all(np.isfinite(v) for v in report[part].values()), part
   assert report["nfe"] == 2 and report["network_evaluations"] == 4 and report["num_clips"] == 4
-  assert report["inference"] == {"solver": "euler", "cfg": 2.0, "num_steps": 2}
+  assert report["inference"] == {"solver": "euler", "cfg": 1.0, "num_steps": 2}
   sample = workdir / "samples" / os.listdir(workdir / "samples")[0]
   assert {"prediction.wav", "input.wav", "target.wav", "events.json", "frames"} <= set(os.listdir(sample))
   assert json.load(open(sample / "events.json"))["caption"]
