@@ -17,7 +17,7 @@ from avflow.configs_lib import v2a_variant, v2a_variants
 ESTIMATOR = {"model.stage": "estimator", "total_steps": 1500, "eval_every": 1500, "checkpoint_every": 500,
              "batch_size": 16, "optimizer.learning_rate": 1e-3, "optimizer.warmup_steps": 50}
 JOINT = {**ESTIMATOR, "model.stage": "joint", "total_steps": 500, "eval_every": 500, "optimizer.warmup_steps": 0,
-         "optimizer.learning_rate": 5e-4}
+         "optimizer.learning_rate": 2e-4}
 
 # Row name → (description, {field: value} set on the base config, the row whose run `init_from` names).
 ROWS = {
