@@ -10,6 +10,7 @@ COMMANDS = {
     "info": "parameter counts of a config (no allocation)",
     "highlight": "rebalance a soundtrack with a trained model",
     "separate": "separate the sound of the source a video shows from a mixture (DAVIS-Flow, DAVIS)",
+    "generate": "generate the soundtrack of a silent video (VAFlow)",
     "prepare": "turn real clips (Muddy Mix folders, or videos + stems) into training records",
     "ablate": "train and evaluate every row of a paper table; write docs/results/table<T>_<scale>.md",
     "import": "turn a public PyTorch checkpoint (VisAH, DAVIS) or an `export --format=torch` file into a run",

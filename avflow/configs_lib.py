@@ -223,3 +223,71 @@ def separation_config(scale: str, method: str) -> ml_collections.ConfigDict:
   c.inference = ml_collections.ConfigDict(dict(num_steps=2, method="euler", silence_threshold=0.002, seed=0))
   c.eval = ml_collections.ConfigDict(dict(batch_size=16, num_samples=4))
   return c
+
+
+# VAFlow per scale: (total_steps, batch_size, eval_every, checkpoint_every, log_every, learning_rate, warmup_steps)
+# of the base variant, the alignment VAE's pretraining; the estimator and joint stages set their own length
+# (`configs/vaflow.py`). The paper reports no optimizer settings.
+_V2A_SCHEDULE = {"toy": (400, 32, 400, 400, 25, 2e-3, 20)}
+V2A_SCALES = tuple(_V2A_SCHEDULE)
+
+
+def v2a_config(scale: str) -> ml_collections.ConfigDict:
+  """VAFlow (`avflow/tasks/v2a.py`) at `toy` scale: toy foley clips (8 kHz, 2 s, 8 fps, 32 px), a 32-band log-mel
+  codec at 62.5 latent frames per second (T_a = 126, D_a = 32), the frames as a 4 × 4 colour grid (D_v = 48), the
+  toy DiT (width 64, depth 2) and alignment VAE (width 32, one block). The base config pretrains the VAE
+  (`model.stage="prior"`)."""
+  from avflow.models.v2a import presets as v2a_presets
+  from avflow.models.v2a.prior_losses import PriorLossConfig
+  if scale not in _V2A_SCHEDULE:
+    raise ValueError(f"unknown VAFlow scale {scale!r}; expected one of {', '.join(V2A_SCALES)}")
+  total_steps, batch_size, eval_every, checkpoint_every, log_every, lr, warmup = _V2A_SCHEDULE[scale]
+  c = training_config("v2a", total_steps, batch_size, eval_every, checkpoint_every, log_every, lr, warmup)
+  c.data = ml_collections.ConfigDict(dict(
+      source="toy_foley", sample_rate=8000, clip_seconds=2.0, frames_per_second=8.0, image_size=32, max_events=3,
+      num_train_clips=8192, num_eval_clips=64,
+      num_classifier_clips=256,  # toy train clips the event classifier of the evaluation learns from
+      seed=1234, worker_count=0))
+  # The toy's log-mel codec (`codec.MelCodec`) reads audio at data.sample_rate; n_mels is the latent width D_a.
+  codec = {k: v for k, v in v2a_presets.codec_config().items() if k != "sample_rate"}
+  c.codec = ml_collections.ConfigDict(dict(codec, n_fft=256, hop=128, n_mels=32))
+  # x_a = (codec latent − shift) / scale: the toy codec's latents of toy train clips have mean −0.37 and standard
+  # deviation 0.15; standardised, they have the scale of the Gaussian source and of the prior's samples.
+  c.latent = ml_collections.ConfigDict(dict(shift=-0.37, scale=0.15))
+  c.model = v2a_presets.model_config(scale)
+  c.model.latent_dim = c.codec.n_mels
+  c.model.conditioning = ml_collections.ConfigDict(dict(kind="frame_grid", grid=4))
+  c.model.video_dim = 3 * c.model.conditioning.grid ** 2
+  c.model.prior = ml_collections.ConfigDict({k: v for k, v in v2a_presets.prior_config(scale).items()
+                                             if k not in ("video_dim", "latent_dim")})
+  c.model.source = "prior"  # or "gaussian" (x0 ~ 𝒩(0, I))
+  c.model.stage = "prior"  # "prior" (Eq. 7), "estimator" (Eq. 8, VAE frozen) or "joint" (Eq. 9)
+  c.model.cross_attention = True
+  c.prior_loss = ml_collections.ConfigDict(dataclasses.asdict(PriorLossConfig()))
+  # Eq. 8: t ~ U(0, 1), the straight path from x0, L2 on the velocity; no rollout.
+  c.objective = ml_collections.ConfigDict(dataclasses.asdict(ObjectiveConfig(rollout_weight=0.0,
+                                                                             time_sampler="uniform")))
+  c.condition_dropout = 0.1  # Sec. 3.3: x_v is replaced by ∅ for 10 % of the training examples
+  # Sampling: `method` one of the grid solvers or "dopri5" (adaptive, rtol / atol); CFG scale γ (Eq. 10); the seed
+  # of the source sample (the prior's ε, or the Gaussian x0).
+  c.inference = ml_collections.ConfigDict(dict(method="euler", num_steps=8, cfg=1.0, rtol=1e-3, atol=1e-3, seed=0))
+  c.eval = ml_collections.ConfigDict(dict(batch_size=32, num_samples=4))
+  return c
+
+
+def v2a_variants(rows: dict) -> tuple[str, ...]:
+  """`<scale>` and `<scale>_<row>` for every VAFlow scale and row."""
+  return tuple(scale + suffix for scale in V2A_SCALES for suffix in ("", *(f"_{r}" for r in rows)))
+
+
+def v2a_variant(file: str, rows: dict, arg: str):
+  """The variant `arg` of a VAFlow config file: its scale's config with the row's fields ({dotted path: value},
+  the second entry of `rows[row]`) set."""
+  variant = arg or "toy"
+  if variant not in v2a_variants(rows):
+    raise ValueError(f"unknown variant {variant!r} of {file}; expected one of {', '.join(v2a_variants(rows))}")
+  scale, _, row = variant.partition("_")
+  config = v2a_config(scale)
+  for path, value in (rows[row][1] if row else {}).items():
+    set_field(config, path, value)
+  return config

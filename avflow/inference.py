@@ -21,12 +21,16 @@ import scipy.interpolate
 
 from avflow import tasks
 from avflow.audio import resample
+from avflow.configs_lib import set_field
 from avflow.metrics.loudness import integrated_loudness
 from avflow.train import checkpoint
 from avflow.train.step import jit, make_predict_fn
 
 # Task name (`Task.name`) → the runs it trains, for the message that refuses a run of the other task.
-RUN_KINDS = {"highlight": "highlighting run (VisAH-FM, VisAH)", "separate": "separation run (DAVIS-Flow, DAVIS)"}
+RUN_KINDS = {"highlight": "highlighting run (VisAH-FM, VisAH)", "separate": "separation run (DAVIS-Flow, DAVIS)",
+             "v2a": "video-to-audio run (VAFlow)"}
+# Task name → the command that runs its runs on a video.
+RUN_COMMANDS = {"highlight": "highlight", "separate": "separate", "v2a": "generate"}
 
 
 @dataclasses.dataclass
@@ -66,8 +70,10 @@ class LoadedRun:
     return max(1, int(round(self.config.data.clip_seconds * self.config.data.frames_per_second)))
 
 
-def load_run(run_dir: str, task: str | None = None, step: int | None = None) -> LoadedRun:
-  """The config, parameters (latest checkpoint, or `step`) and jitted `predict(params, batch, stop_after)` of a run.
+def load_run(run_dir: str, task: str | None = None, step: int | None = None,
+             inference: dict | None = None) -> LoadedRun:
+  """The config, parameters (latest checkpoint, or `step`) and jitted `predict(params, batch, stop_after)` of a run;
+  `inference` ({field: value}) replaces fields of the run's `config.inference` before the sampler is built.
 
   Raises `ValueError` for a run of another task than `task` (a `Task.name`; None: any) and for a run conditioned on
   precomputed frame features, which cannot read a video's frames."""
@@ -75,7 +81,9 @@ def load_run(run_dir: str, task: str | None = None, step: int | None = None) -> 
   found = tasks.get(config)
   if task is not None and found.name != task:
     raise ValueError(f"{run_dir} is a {RUN_KINDS[found.name]} with config.task={config.task!r}, not a "
-                     f"{RUN_KINDS[task]}: use `python -m avflow {found.name}`")
+                     f"{RUN_KINDS[task]}: use `python -m avflow {RUN_COMMANDS[found.name]}`")
+  for name, value in (inference or {}).items():
+    set_field(config, f"inference.{name}", value)
   cond = config.model.conditioning
   if cond.kind == "features" and cond.features_key != "text":
     raise ValueError(f"{run_dir} conditions on precomputed {cond.features_key!r} features; running on a video "
@@ -226,6 +234,30 @@ def separate(run: LoadedRun, mixture: np.ndarray, frames: np.ndarray, frame_rate
             "frames": frames[window_frames(run, starts, frame_rate, len(frames))]}
 
   return predict_windows(run, len(mixture), window_batch, memory_budget=memory_budget)
+
+
+def generate(run: LoadedRun, frames: np.ndarray, seconds: float) -> tuple[np.ndarray, int]:
+  """The (L,) audio a video-to-audio run (VAFlow) generates for `frames` (T_v, S, S, 3) uint8 at the run's
+  `data.frames_per_second`, and the sampler's NFE. The frames go through the model in one pass (the prior's
+  interpolation and convolutions and the DiT's attention take any length): the latents of the span the frames cover
+  (T_v / fps s), decoded by the run's codec and cut to `seconds` (L = `seconds` at the run's rate)."""
+  from avflow.tasks import v2a
+  config = run.config
+  if config.model.stage == "prior":
+    raise ValueError("the run pretrains the alignment VAE (model.stage='prior') and has no velocity field yet: "
+                     "generate with a run of the next stage, which starts from it (configs/vaflow.py:"
+                     "<scale>_prior_frozen with --config.init_from=RUN)")
+  size = config.data.image_size
+  frames = np.asarray(frames)
+  if frames.ndim != 4 or frames.shape[1:] != (size, size, 3) or not len(frames):
+    raise ValueError(f"frames of shape {frames.shape}; this run reads (T_v >= 1, {size}, {size}, 3) (data.image_size)")
+  length = int(round(seconds * run.sample_rate))
+  if not 0 < length <= v2a.num_samples(config, len(frames)):
+    raise ValueError(f"{seconds:.3f} s of audio from {len(frames)} frames at {config.data.frames_per_second} fps: "
+                     "expected a duration within the frames' span")
+  latents, generation = run.predict(run.params, {"frames": frames.astype(np.uint8)[None]}, None)
+  audio = v2a.decode(config, latents, v2a.num_samples(config, len(frames)))[0]
+  return audio[:length], int(generation.nfe)
 
 
 # How a mono model's soundtrack fills the input's channels.

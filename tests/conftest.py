@@ -47,16 +47,29 @@ SEPARATION_TINY = {
     "model.temporal.heads": 2, "model.temporal.ff_dim": 32, "diffusion.sampling_steps": 2,
 }
 
+# The same for a video-to-audio (VAFlow) config: 1 s clips of 8 frames at 16 px (a 4 × 4 grid), T_a = 63 latent
+# frames of 16 mel bands, a one-block DiT of width 32 and a VAE of width 8.
+V2A_TINY = {
+    "batch_size": 4, "total_steps": 4, "log_every": 1, "eval_every": 4, "checkpoint_every": 2,
+    "optimizer.warmup_steps": 0, "data.clip_seconds": 1.0, "data.image_size": 16, "data.num_train_clips": 16,
+    "data.num_eval_clips": 4, "data.num_classifier_clips": 16, "codec.n_fft": 128, "codec.n_mels": 16,
+    "codec.griffin_lim_iters": 4, "model.latent_dim": 16, "model.width": 32, "model.depth": 1, "model.heads": 2,
+    "model.time_embed_dim": 16, "model.prior.width": 8, "eval.batch_size": 4, "eval.num_samples": 1,
+    "inference.num_steps": 2,
+}
+
 
 def tiny_fields(config, encoders: bool = False, micro: bool = False) -> dict:
   """The dotted fields `tiny` sets on `config`: `MICRO` if `micro` else `TINY`, and the conditioning (a separation
-  config: `SEPARATION_TINY`).
+  config: `SEPARATION_TINY`, a video-to-audio config: `V2A_TINY`).
 
   Unless `encoders`, a CLIP / CLIP + CLAP conditioning is swapped for the tiny frame encoder: tests of the
   trainer, checkpoints and sharding then compile in a fraction of the time; tests of the encoders pass True.
   """
   if config.task == "separate":
     return dict(SEPARATION_TINY)
+  if config.task == "v2a":
+    return dict(V2A_TINY)
   fields = dict(MICRO if micro else TINY)
   kind = fields.get("model.conditioning.kind", config.model.conditioning.kind)
   if kind in CLIP_KINDS and not encoders:

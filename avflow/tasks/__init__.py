@@ -4,13 +4,15 @@
 `Task` methods, so a new system adds a task module here instead of branches there.
   flow, regression  highlight (VisAH-FM, VisAH): a poorly balanced mix x0 → the well-balanced x1
   separate          separation (DAVIS-Flow, DAVIS): a mixture and one video's frames → that video's sound
+  v2a               video-to-audio generation (VAFlow): a clip's frames → its audio
 """
 import importlib
 
 from avflow.tasks.base import Task
 
 # config.task → (module under avflow.tasks, its Task), imported on first use so that one system never loads another.
-TASKS = {"flow": ("highlight", "FLOW"), "regression": ("highlight", "REGRESSION"), "separate": ("separate", "SEPARATE")}
+TASKS = {"flow": ("highlight", "FLOW"), "regression": ("highlight", "REGRESSION"), "separate": ("separate", "SEPARATE"),
+         "v2a": ("v2a", "V2A")}
 
 
 def get(config) -> Task:

@@ -92,8 +92,10 @@ def summary(workdir: str, first_step: int, step: int, seconds: float, metrics, r
     names = sorted(set(metrics) - {"finite"}, key=lambda k: k != "loss")  # the loss first
     lines.append(f"step {step}: " + ", ".join(f"{k} {float(metrics[k]):.4g}" for k in names))
   if report is not None:
-    scores = {part: ", ".join(f"{k} {v:.4g}" for k, v in report[part].items()) for part in ("prediction", "input")}
-    lines.append(f"eval at step {report['steps']}: {scores['prediction']} (input: {scores['input']})")
+    scores = {part: ", ".join(f"{k} {v:.4g}" for k, v in report[part].items()) for part in ("prediction", "input")
+              if part in report}
+    baseline = f" (input: {scores['input']})" if "input" in scores else ""
+    lines.append(f"eval at step {report['steps']}: {scores['prediction']}{baseline}")
   written = [name + ("/" if os.path.isdir(os.path.join(workdir, name)) else "") for name in OUTPUTS
              if os.path.exists(os.path.join(workdir, name))]
   lines.append(f"wrote {workdir}: {', '.join(written)}")
@@ -205,7 +207,7 @@ def train(config, workdir: str, resume: bool = False) -> TrainState:
         log.info("eval at step %d: %s", step, json.dumps(report))
         if writer:
           for part in ("input", "prediction"):
-            for k, v in report[part].items():
+            for k, v in report.get(part, {}).items():
               writer.add_scalar(f"eval_{part}/{k}", v, step)
       if stopping:
         log.warning("signal %d: saved step %d, stopping", stop.signal, step)
