@@ -20,8 +20,7 @@ import numpy as np
 from avflow import tasks
 from avflow.configs_lib import set_field, shipped_configs_dir
 from avflow.metrics.signal import paper_display
-from avflow.models.visah.highlighter import describe_conditioning
-from avflow.report.paper_tables import METRICS, TABLES, table_metrics
+from avflow.report.paper_tables import METRICS, TABLES, paper_metrics, table_metrics
 from avflow.train import checkpoint
 from avflow.train.loop import train
 from avflow.train.state import check_batch
@@ -86,13 +85,16 @@ def parse_overrides(items: list[str]) -> dict:
   return overrides
 
 
-def load_config(row: Row, overrides: dict | None = None):
-  """The row's config variant with `overrides` ({"a.b": value}) applied on top, e.g. a smaller model for every row."""
-  spec = importlib.util.spec_from_file_location(row.config_file[:-3],
-                                                os.path.join(shipped_configs_dir(), row.config_file))
+def _config_module(config_file: str):
+  spec = importlib.util.spec_from_file_location(config_file[:-3], os.path.join(shipped_configs_dir(), config_file))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config(row.variant)
+  return module
+
+
+def load_config(row: Row, overrides: dict | None = None):
+  """The row's config variant with `overrides` ({"a.b": value}) applied on top, e.g. a smaller model for every row."""
+  config = _config_module(row.config_file).get_config(row.variant)
   for name, value in (overrides or {}).items():
     try:
       set_field(config, name, value)
@@ -102,9 +104,30 @@ def load_config(row: Row, overrides: dict | None = None):
   return config
 
 
+def parent_row(row: Row) -> Row | None:
+  """The row whose finished run `row` starts from (`init_from`), where its config file names one with
+  `parent_variant(variant)` (VAFlow's stages: the estimator starts from the VAE's pretraining, joint tuning from the
+  estimator), else None."""
+  parent = getattr(_config_module(row.config_file), "parent_variant", lambda variant: None)(row.variant)
+  if parent is None:
+    return None
+  return Row(f"{row.config_file[:-3]}:{parent}", f"configs/{row.config_file}:{parent}", row.config_file, parent, {})
+
+
+def _lineage(row: Row) -> list[Row]:
+  """`row` after the rows it starts from, the first stage first."""
+  parent = parent_row(row)
+  return ([] if parent is None else _lineage(parent)) + [row]
+
+
 def table_conditioning(table: str, scale: str, overrides: dict | None = None) -> dict[str, str]:
   """Row label → what the row's config (with `overrides`) conditions on."""
-  return {row.label: describe_conditioning(load_config(row, overrides).model) for row in table_rows(table, scale)}
+  return {row.label: describe_conditioning(load_config(row, overrides)) for row in table_rows(table, scale)}
+
+
+def describe_conditioning(config) -> str:
+  """What a row's model conditions on, in its system's terms."""
+  return tasks.get(config).describe_conditioning(config.model)
 
 
 def _conditioning_text(conditioning: dict[str, str]) -> str:
@@ -132,15 +155,22 @@ def _workdir(root: str, table: str, scale: str, row: Row, seed: int) -> str:
 
 
 def launch_commands(table: str, scale: str, seeds: list[int], root: str, overrides: dict | None = None) -> list[str]:
-  """The `python -m avflow train` command of every row and seed (for a cluster: see launch/ablate_sweep.sh)."""
-  out = []
+  """The `python -m avflow train` command of every row and seed (for a cluster: see launch/ablate_sweep.sh); a row
+  that starts from another's run comes after it, with `--config.init_from` naming it."""
+  out, launched = [], set()
   for row in table_rows(table, scale):
     for seed in row_seeds(row, seeds):
-      workdir = _workdir(root, table, scale, row, seed)
-      out.append(" ".join(["python", "-m", "avflow", "train",
-                           shlex.quote(f"--config=configs/{row.config_file}:{row.variant}"),
-                           *(shlex.quote(f"--config.{k}={v}") for k, v in (overrides or {}).items()),
-                           f"--config.seed={seed}", shlex.quote(f"--workdir={workdir}")]))
+      init_from = None
+      for stage in _lineage(row):
+        workdir = _workdir(root, table, scale, stage, seed)
+        if workdir not in launched:
+          launched.add(workdir)
+          out.append(" ".join(["python", "-m", "avflow", "train",
+                               shlex.quote(f"--config=configs/{stage.config_file}:{stage.variant}"),
+                               *(shlex.quote(f"--config.{k}={v}") for k, v in (overrides or {}).items()),
+                               *([shlex.quote(f"--config.init_from={init_from}")] if init_from else []),
+                               f"--config.seed={seed}", shlex.quote(f"--workdir={workdir}")]))
+        init_from = workdir
   return out
 
 
@@ -186,6 +216,41 @@ def _record_train_seconds(workdir: str, seconds: float) -> None:
     json.dump({"train_s": total}, f)
 
 
+def _row_config(row: Row, overrides: dict | None, total_steps: int | None):
+  config = load_config(row, overrides)
+  if total_steps is not None:
+    config.total_steps = total_steps
+    config.eval_every = config.checkpoint_every = total_steps
+  return config
+
+
+def _trained_run(root: str, table: str, scale: str, row: Row, config, overrides: dict | None,
+                 total_steps: int | None, wall: dict) -> tuple[str, bool]:
+  """The workdir of a finished run of `config` (row `row`, seed `config.seed`) and whether it was found under `root`
+  rather than trained (or resumed) here. A row with a `parent_row` first gets the parent's run the same way and
+  starts from it; the parent's training time goes into `wall` under its own name."""
+  parent = parent_row(row)
+  if parent is not None:
+    parent_config = _row_config(parent, overrides, total_steps)
+    parent_config.seed = config.seed
+    config.init_from, reused = _trained_run(root, table, scale, parent, parent_config, overrides, total_steps, wall)
+    wall.setdefault(f"{parent.name}/{config.seed}", {"train_s": _stored_train_seconds(config.init_from),
+                                                     "eval_s": 0.0, "reused": reused})
+  key = _training_key(config)
+  workdir = _finished_run(root, key, config)
+  if workdir is not None:
+    return workdir, True
+  workdir = _workdir(root, table, scale, row, config.seed)
+  resume = checkpoint.Checkpointer(workdir).latest_step() is not None
+  if resume and _training_key(checkpoint.load_config(workdir)) != key:
+    raise ValueError(f"{workdir} holds an unfinished run of another config than row {row.label!r}, seed "
+                     f"{config.seed} now has (other overrides or code defaults?): remove it or pick another runs root")
+  start = time.time()
+  train(config, workdir, resume=resume)
+  _record_train_seconds(workdir, time.time() - start)
+  return workdir, False
+
+
 def run_table(table: str, scale: str, seeds: list[int], root: str, total_steps: int | None = None,
               overrides: dict | None = None) -> dict:
   """Trains (or reuses) and evaluates (or reuses the report of) every row × seed.
@@ -195,31 +260,17 @@ def run_table(table: str, scale: str, seeds: list[int], root: str, total_steps: 
   """
   results, wall, runs, conditioning, not_run = {}, {}, {}, {}, {}
   for row in table_rows(table, scale):
-    config = load_config(row, overrides)
-    conditioning[row.key] = describe_conditioning(config.model)
+    config = _row_config(row, overrides, total_steps)
+    conditioning[row.key] = describe_conditioning(config)
     reason = _missing_inputs(config)
     if reason:
       print(f"row {row.label!r} not run at {scale} scale: {reason}")
       not_run[row.key] = reason
       continue
-    if total_steps is not None:
-      config.total_steps = total_steps
-      config.eval_every = config.checkpoint_every = total_steps
     results[row.key] = {}
     for seed in row_seeds(row, seeds):
       config.seed = seed
-      key = _training_key(config)
-      workdir = _finished_run(root, key, config)
-      reused = workdir is not None
-      if not reused:
-        workdir = _workdir(root, table, scale, row, seed)
-        resume = checkpoint.Checkpointer(workdir).latest_step() is not None
-        if resume and _training_key(checkpoint.load_config(workdir)) != key:
-          raise ValueError(f"{workdir} holds an unfinished run of another config than row {row.label!r}, seed "
-                           f"{seed} now has (other overrides or code defaults?): remove it or pick another runs root")
-        start = time.time()
-        train(config, workdir, resume=resume)
-        _record_train_seconds(workdir, time.time() - start)
+      workdir, reused = _trained_run(root, table, scale, row, config, overrides, total_steps, wall)
       start = time.time()
       report_dir = os.path.join(workdir, f"eval_{row.name}")
       report = _stored_evaluation(report_dir, config)
@@ -228,12 +279,12 @@ def run_table(table: str, scale: str, seeds: list[int], root: str, total_steps: 
         task = tasks.get(config)
         predict = jit(make_predict_fn(task.build(config.model), config))
         report = task.evaluate(predict, checkpoint.load_params(workdir), task.source(config.data, "val"), config,
-                          report_dir, config.total_steps)
+                               report_dir, config.total_steps)
         with open(os.path.join(report_dir, EVAL_KEY_FILE), "w") as f:
           json.dump({"config": _evaluation_key(config)}, f)
       results[row.key][seed] = report
       wall[f"{row.name}/{seed}"] = {"train_s": _stored_train_seconds(workdir), "eval_s": time.time() - start,
-                                       "reused": reused}
+                                    "reused": reused}
       runs[f"{row.name}/{seed}"] = workdir
   return {"results": results, "wall_s": wall, "runs": runs, "conditioning": conditioning, "not_run": not_run}
 
@@ -266,7 +317,7 @@ def summarize(table: str, scale: str, seeds: list[int], run: dict, root: str) ->
     if row.key in run["not_run"]:
       rows[row.key] = {"label": row.label, "config": f"configs/{row.config_file}:{row.variant}",
                        "conditioning": run["conditioning"][row.key], "not_run": run["not_run"][row.key],
-                       "paper": {m: row.paper.get(m) for m in metrics}}
+                       "paper": {m: row.paper.get(m) for m in paper_metrics(table)}}
       continue
     reports = run["results"][row.key]
     ours = {}
@@ -279,10 +330,12 @@ def summarize(table: str, scale: str, seeds: list[int], run: dict, root: str) ->
         f"{headline}_per_seed": {seed: display(r["prediction"])[headline] for seed, r in reports.items()},
         "runs": {seed: os.path.relpath(run["runs"][f"{row.name}/{seed}"], root) for seed in reports},
         "input": {m: _mean_std([display(r["input"]).get(m) for r in reports.values()])[0] for m in metrics},
+        **({"reconstruction": {m: _mean_std([r["reconstruction"].get(m) for r in reports.values()])[0]
+                               for m in metrics}} if all("reconstruction" in r for r in reports.values()) else {}),
         "cosine_per_step": np.mean(cosine, axis=0).tolist() if cosine else None,
         "curvature": _mean_std([r["trajectory"]["waveform"]["curvature"] for r in reports.values()
                                 if "trajectory" in r])[0],
-        "paper": {m: row.paper.get(m) for m in metrics},
+        "paper": {m: row.paper.get(m) for m in paper_metrics(table)},
     }
   return {"table": table, "title": TABLES[table]["title"], "scale": scale, "seeds": seeds, "rows": rows,
           "wall_s": run["wall_s"]}
@@ -309,7 +362,7 @@ def _wall_line(wall: dict) -> str:
 def markdown(summary: dict) -> str:
   s = summary
   if table_metrics(s["table"]) != METRICS:
-    return _markdown_dB(summary)
+    return _markdown_system(summary)
   conditioning = _conditioning_text({r["label"]: r["conditioning"] for r in s["rows"].values()})
   lines = [f"# Table {s['table']} at `{s['scale']}` scale: {s['title']}", "", f"Conditioning: {conditioning}.", "",
            f"Seeds: {s['seeds']}. Ours: mean ± std over seeds, display-scaled like the paper (×100 except LDif); "
@@ -338,21 +391,22 @@ def markdown(summary: dict) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _markdown_dB(summary: dict) -> str:
-  """A separation table: SDR / SIR / SAR in dB, ours (mean ± std over seeds, SDR per seed) beside the paper's."""
-  s = summary
-  metrics, headline = table_metrics(s["table"]), TABLES[s["table"]]["headline"]
-  names = [m.upper() for m in metrics]
+def _markdown_system(summary: dict) -> str:
+  """Another system's table: its metrics (mean ± std over seeds, the headline per seed) beside the paper's columns,
+  with the table's own notes on units, the paper's numbers and the unprocessed input."""
+  s, t = summary, TABLES[summary["table"]]
+  metrics, theirs, headline = table_metrics(s["table"]), paper_metrics(s["table"]), t["headline"]
+  name = lambda m: m.upper().replace("_", " ")  # noqa: E731
   conditioning = _conditioning_text({r["label"]: r["conditioning"] for r in s["rows"].values()})
   lines = [f"# {s['title']} at `{s['scale']}` scale", "", f"Conditioning: {conditioning}.", "",
-           f"Seeds: {s['seeds']} for the rows {', '.join(TABLES[s['table']]['main'])}, the first seed for the others. "
-           "Ours: mean ± std over seeds, dB, on held-out pairs. Paper: the published MUSIC numbers (paper scale, "
-           "real videos), for reference only — the scales differ.", "",
-           "| row | config | " + " | ".join(f"{n} ours" for n in names) + f" | {headline.upper()} per seed | "
-           + " | ".join(f"{n} paper" for n in names) + " |",
-           "|---|---|" + "---|" * (2 * len(metrics) + 1)]
+           f"Seeds: {s['seeds']} for the rows {', '.join(t['main'])}, the first seed for the others. "
+           f"Ours: mean ± std over seeds, {t['units']}. Paper: {t['paper_note']}, for reference only — the scales "
+           "differ.", "",
+           "| row | config | " + " | ".join(f"{name(m)} ours" for m in metrics) + f" | {name(headline)} per seed | "
+           + " | ".join(f"{name(m)} paper" for m in theirs) + " |",
+           "|---|---|" + "---|" * (len(metrics) + len(theirs) + 1)]
   for r in s["rows"].values():
-    paper = " | ".join(_fmt(r["paper"][m]) for m in metrics)
+    paper = " | ".join(_fmt(r["paper"][m]) for m in theirs)
     if "not_run" in r:
       lines.append(f"| {r['label']} | `{r['config']}` | not run at this scale: {r['not_run']} |"
                    + " |" * len(metrics) + f" {paper} |")
@@ -360,10 +414,13 @@ def _markdown_dB(summary: dict) -> str:
     per_seed = " / ".join(_fmt(v) for v in r[f"{headline}_per_seed"].values())
     lines.append(f"| {r['label']} | `{r['config']}` | " + " | ".join(_fmt(*r["ours"][m]) for m in metrics)
                  + f" | {per_seed} | {paper} |")
-  first = next(r for r in s["rows"].values() if "not_run" not in r)["input"]
-  lines += ["", "Input (the unprocessed mixture as the estimate of both sources): "
-            + ", ".join(f"{m.upper()} {_fmt(first[m])}" for m in metrics if first.get(m) is not None),
-            "", _wall_line(s["wall_s"])]
+  first = next(r for r in s["rows"].values() if "not_run" not in r)
+  scores = lambda values: ", ".join(f"{name(m)} {_fmt(values[m])}" for m in metrics  # noqa: E731
+                                    if values.get(m) is not None)
+  lines += ["", f"Input ({t['input_note']}): {scores(first['input'])}"]
+  if "reconstruction" in first:
+    lines += ["", f"The real held-out audio through the codec (the ceiling): {scores(first['reconstruction'])}"]
+  lines += ["", _wall_line(s["wall_s"])]
   return "\n".join(lines) + "\n"
 
 

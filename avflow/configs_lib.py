@@ -280,6 +280,14 @@ def v2a_variants(rows: dict) -> tuple[str, ...]:
   return tuple(scale + suffix for scale in V2A_SCALES for suffix in ("", *(f"_{r}" for r in rows)))
 
 
+def v2a_parent(rows: dict, variant: str) -> str | None:
+  """The variant whose run `variant` starts from (`init_from`): `rows[row][2]` at the same scale ("" the scale's
+  base variant), None for the base variant and rows that start fresh."""
+  scale, _, row = variant.partition("_")
+  parent = rows[row][2] if row else None
+  return None if parent is None else scale + (f"_{parent}" if parent else "")
+
+
 def v2a_variant(file: str, rows: dict, arg: str):
   """The variant `arg` of a VAFlow config file: its scale's config with the row's fields ({dotted path: value},
   the second entry of `rows[row]`) set."""

@@ -9,10 +9,11 @@ The stages of VAFlow each start from the previous one's run (`--config.init_from
     --workdir=runs/vaflow/frozen
   python -m avflow train --config=configs/vaflow.py:toy_prior_joint --config.init_from=runs/vaflow/frozen \
     --workdir=runs/vaflow/joint
-`ROWS[row][2]` names the row whose run a row starts from ("" the base variant, None: none). Rows that differ from
-`prior_joint` in `inference` only (CFG scale, solver, steps) share its training run in `ablate`.
+`ROWS[row][2]` names the row whose run a row starts from ("" the base variant, None: none); `ablate` trains the
+stages in that order (`parent_variant`). Rows that differ from `prior_joint` in `inference` only (CFG scale, solver,
+steps) share its training run in `ablate`.
 """
-from avflow.configs_lib import v2a_variant, v2a_variants
+from avflow.configs_lib import v2a_parent, v2a_variant, v2a_variants
 
 ESTIMATOR = {"model.stage": "estimator", "total_steps": 1500, "eval_every": 1500, "checkpoint_every": 500,
              "batch_size": 16, "optimizer.learning_rate": 1e-3, "optimizer.warmup_steps": 50}
@@ -39,3 +40,8 @@ VARIANTS = v2a_variants(ROWS)
 
 def get_config(arg: str = "toy"):
   return v2a_variant("vaflow.py", ROWS, arg)
+
+
+def parent_variant(variant: str) -> str | None:
+  """The variant whose finished run `variant` starts from (`--config.init_from`), None where it starts fresh."""
+  return v2a_parent(ROWS, variant)

@@ -2,6 +2,7 @@
 guided sampler, and the three stages chained through `init_from` with their evaluation."""
 import json
 import os
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -9,13 +10,13 @@ import numpy as np
 import pytest
 
 import vaflow
-from conftest import tiny
-from avflow import flow, tasks
+from conftest import V2A_TINY, tiny
+from avflow import ablate, flow, tasks
 from avflow.data.pipeline import device_batch
 from avflow.models.v2a.prior import reparameterize
 from avflow.models.v2a.vaflow import VAFlow, frame_features
+from avflow.report.paper_tables import TABLES
 from avflow.train import checkpoint
-from avflow.train.loop import train
 from avflow.train.state import create_train_state, make_optimizer
 from avflow.train.step import jit, make_loss_fn, make_predict_fn, make_train_step
 
@@ -183,29 +184,62 @@ def test_without_cross_attention_the_frames_reach_the_flow_through_the_prior_onl
   assert int(generation.nfe) == 2
 
 
+# The ablate rows the stage fixture runs: the frozen and joint stages (their lineage trains the VAE first) and an
+# inference-only row that must reuse the joint run.
+STAGE_ROWS = ("vaflow:prior_frozen", "vaflow:prior_joint", "vaflow:cfg0")
+
+
 @pytest.fixture(scope="module")
 def stages(tmp_path_factory):
-  """The VAE's pretraining and the estimator stage that starts from it, two steps each."""
+  """`ablate` on three rows of the VAFlow table, two steps per stage: the VAE's pretraining, the estimator stage
+  that starts from it and the joint tuning that starts from the estimator."""
   root = tmp_path_factory.mktemp("vaflow")
-  runs = {}
-  for name, variant, after in (("prior", "toy", None), ("frozen", "toy_prior_frozen", "prior")):
-    config = _config(variant, total_steps=2, eval_every=2, checkpoint_every=2,
-                     init_from=str(runs[after][1]) if after else "")
-    runs[name] = (config, root / name)
-    train(config, str(root / name))
-  return runs
+  overrides = {k: v for k, v in V2A_TINY.items() if k not in ("total_steps", "eval_every", "checkpoint_every")}
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setitem(TABLES["vaflow"], "rows", {k: TABLES["vaflow"]["rows"][k] for k in STAGE_ROWS})
+    run = ablate.run_table("vaflow", "toy", [0], str(root), total_steps=2, overrides=overrides)
+    markdown = ablate.markdown(ablate.summarize("vaflow", "toy", [0], run, str(root)))
+  runs = {name: (checkpoint.load_config(run["runs"][f"vaflow_toy_{row}/0"]), pathlib.Path(run["runs"][f"vaflow_toy_{row}/0"]))
+          for name, row in (("frozen", "prior_frozen"), ("joint", "prior_joint"), ("cfg0", "cfg0"))}
+  prior = pathlib.Path(runs["frozen"][0].init_from)
+  runs["prior"] = (checkpoint.load_config(str(prior)), prior)
+  return {"runs": runs, "wall": run["wall_s"], "markdown": markdown}
+
+
+def test_ablate_trains_each_stage_from_the_previous_one_and_reuses_the_joint_run(stages):
+  runs, wall = stages["runs"], stages["wall"]
+  assert runs["prior"][1].parent.name == "vaflow_toy" and runs["prior"][0].model.stage == "prior"
+  assert runs["joint"][0].init_from == str(runs["frozen"][1])
+  assert runs["cfg0"][1] == runs["joint"][1] and wall["vaflow_toy_cfg0/0"]["reused"]
+  assert not wall["vaflow_toy/0"]["reused"] and wall["vaflow_toy/0"]["train_s"] > 0
+  commands = ablate.launch_commands("vaflow", "toy", [0, 1], "/r")
+  stage1 = [i for i, c in enumerate(commands) if "configs/vaflow.py:toy " in c]
+  joint = next(c for c in commands if "vaflow.py:toy_prior_joint " in c and "seed=1" in c)
+  frozen = [i for i, c in enumerate(commands) if "vaflow.py:toy_prior_frozen " in c]
+  assert len(stage1) == len(frozen) == 2 and stage1[0] < frozen[0] and stage1[1] < frozen[1]
+  assert "--config.init_from=/r/tablevaflow_toy/vaflow_toy_prior_frozen/seed1 " in joint
+  assert len(commands) == len(set(commands))
+
+
+def test_the_table_prints_the_papers_columns_beside_ours(stages):
+  lines = stages["markdown"].splitlines()
+  header = next(l for l in lines if l.startswith("| row |"))
+  assert "| FD ours | ONSET F1 ours | EVENT ACCURACY ours | FD per seed | FD PAS paper |" in header
+  frozen = next(l for l in lines if l.startswith("| Video prior, frozen (Table 3) |"))
+  assert frozen.endswith("| 111.80 | 57.40 | 82.30 | 25.40 |")
+  assert any(l.startswith("The real held-out audio through the codec (the ceiling): FD ") for l in lines)
 
 
 def test_the_estimator_stage_starts_from_the_pretrained_vae_and_keeps_it(stages):
-  params = {name: checkpoint.load_params(str(workdir)) for name, (_, workdir) in stages.items()}
+  params = {name: checkpoint.load_params(str(stages["runs"][name][1])) for name in ("prior", "frozen")}
   assert set(params["prior"]) == {"prior"} and set(params["frozen"]) == {"prior", "dit"}
   jax.tree.map(np.testing.assert_array_equal, params["prior"]["prior"], params["frozen"]["prior"])
 
 
 def test_evaluation_scores_generated_audio_the_source_and_the_codec(stages):
-  prior_report = json.load(open(stages["prior"][1] / "eval.json"))
+  prior_report = json.load(open(stages["runs"]["prior"][1] / "eval.json"))
   assert set(prior_report["prediction"]) == {"loss", "kl", "reconstruction", "contrastive"}
-  config, workdir = stages["frozen"]
+  config, workdir = stages["runs"]["frozen"]
   report = json.load(open(workdir / "eval.json"))
   metrics = {"fd", "onset_f1", "onset_precision", "onset_recall", "event_accuracy", "event_label_accuracy"}
   for part in ("prediction", "input", "reconstruction"):

@@ -26,6 +26,10 @@ class Task(abc.ABC):
     """The pretrained encoders the model runs ("clip", "clap"), each with the path of its parameter subtree."""
 
   @abc.abstractmethod
+  def describe_conditioning(self, model_cfg) -> str:
+    """What the model conditions on, in its paper's terms (tables print it per row)."""
+
+  @abc.abstractmethod
   def abstract_batch(self, config, batch_size: int = 1) -> dict[str, jax.ShapeDtypeStruct]:
     """Shapes and dtypes of a model input batch (for `jax.eval_shape`, no data needed)."""
 

@@ -35,6 +35,9 @@ class Highlight(Task):
   def pretrained_encoders(self, model_cfg):
     return {name: (name,) for name in highlighter.pretrained_encoders(model_cfg)}
 
+  def describe_conditioning(self, model_cfg):
+    return highlighter.describe_conditioning(model_cfg)
+
   def abstract_batch(self, config, batch_size=1):
     data = config.data
     length = int(round(data.sample_rate * data.clip_seconds))

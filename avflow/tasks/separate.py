@@ -60,6 +60,9 @@ class Separate(Task):
   def pretrained_encoders(self, model_cfg):
     return {"clip": ("visual", "clip")} if model_cfg.conditioning.kind == "clip" else {}
 
+  def describe_conditioning(self, model_cfg):
+    return visual.describe_conditioning(model_cfg)
+
   def abstract_batch(self, config, batch_size=1):
     data, cond = config.data, config.model.conditioning
     wave = jax.ShapeDtypeStruct((batch_size, data.clip_samples), jnp.float32)

@@ -133,6 +133,9 @@ class VideoToAudio(Task):
   def pretrained_encoders(self, model_cfg):
     return {}
 
+  def describe_conditioning(self, model_cfg):
+    return vaflow.describe_conditioning(model_cfg)
+
   def abstract_batch(self, config, batch_size=1):
     data = config.data
     frames = int(round(data.clip_seconds * data.frames_per_second))

@@ -27,6 +27,16 @@ from avflow.nn.transformer import Transformer
 CONDITIONINGS = ("frames_tiny", "features", "clip")
 
 
+def describe_conditioning(model_cfg: ml_collections.ConfigDict) -> str:
+  """The frame features the pooled visual vector v is computed from, e.g. "V (frozen CLIP, pooled transformer)"."""
+  cond = model_cfg.conditioning
+  features = {"clip": "frozen CLIP", "features": f"stored `{cond.get('features_key', '')}` features",
+              "frames_tiny": "tiny trainable frame encoder"}
+  if cond.kind not in features:
+    raise ValueError(f"model.conditioning.kind={cond.kind!r}; expected one of {CONDITIONINGS}")
+  return f"V ({features[cond.kind]}, transformer, mean-pooled)"
+
+
 def frozen_prefixes(model_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
   """Parameter subtrees of the `Separator` that never train: the CLIP tower when the conditioning runs it."""
   return ("visual/clip",) if model_cfg.conditioning.kind == "clip" else ()

@@ -53,6 +53,17 @@ def check_config(model_cfg: ml_collections.ConfigDict) -> None:
                      f"(model.conditioning.grid) gives {3 * cond.grid ** 2} features per frame")
 
 
+def describe_conditioning(model_cfg: ml_collections.ConfigDict) -> str:
+  """The video's two ways in (Sec. 3.2): as the flow's source and through cross-attention, e.g. "V (4 × 4 colour
+  grid per frame; x0 from the video prior; cross-attention)"."""
+  cond = model_cfg.conditioning
+  if cond.kind not in CONDITIONINGS:
+    raise ValueError(f"model.conditioning.kind={cond.kind!r}; expected one of {CONDITIONINGS}")
+  source = "x0 from the video prior" if model_cfg.source == "prior" else "x0 ~ N(0, I)"
+  attention = "cross-attention" if model_cfg.cross_attention else "no cross-attention"
+  return f"V ({cond.grid} × {cond.grid} colour grid per frame; {source}; {attention})"
+
+
 def frame_features(frames: jax.Array, grid: int) -> jax.Array:
   """x_v: frames `(B, F, S, S, 3)` uint8 -> `(B, F, 3·grid²)` float32, each frame average-pooled to `grid` × `grid`
   cells of S / grid pixels, scaled from [0, 255] to [−1, 1], flattened row by row (R, G, B per cell)."""
