@@ -225,38 +225,65 @@ def separation_config(scale: str, method: str) -> ml_collections.ConfigDict:
   return c
 
 
-# VAFlow per scale: (total_steps, batch_size, eval_every, checkpoint_every, log_every, learning_rate, warmup_steps)
-# of the base variant, the alignment VAE's pretraining; the estimator and joint stages set their own length
-# (`configs/vaflow.py`). The paper reports no optimizer settings.
-_V2A_SCHEDULE = {"toy": (400, 32, 400, 400, 25, 2e-3, 20)}
+# VAFlow per scale and stage: (total_steps, batch_size, eval_every, checkpoint_every, log_every, learning_rate,
+# warmup_steps). The paper reports no optimizer settings, batch size or VAE pretraining length; its Table 3 trains
+# 300K steps without joint tuning and 170K + 130K with it. Every other number is a choice.
+_V2A_SCHEDULE = {
+    "toy": {"prior": (400, 32, 400, 400, 25, 2e-3, 20), "estimator": (1500, 16, 1500, 500, 25, 1e-3, 50),
+            "joint": (500, 16, 500, 500, 25, 2e-4, 0)},
+    "small": {"prior": (20_000, 64, 5000, 5000, 100, 3e-4, 500), "estimator": (100_000, 64, 10_000, 5000, 100, 1e-4, 1000),
+              "joint": (50_000, 64, 10_000, 5000, 100, 5e-5, 0)},
+    "paper": {"prior": (100_000, 128, 10_000, 10_000, 100, 3e-4, 1000),
+              "estimator": (300_000, 128, 20_000, 10_000, 100, 1e-4, 2000),
+              "joint": (130_000, 128, 20_000, 10_000, 100, 5e-5, 0)},
+}
 V2A_SCALES = tuple(_V2A_SCHEDULE)
+# The toy foley data per scale: (sample rate, clip seconds, frames per second, events per clip at most, colour grid,
+# the codec's (n_fft, hop, mel bands), the codec latents' mean and standard deviation on toy train clips).
+_V2A_DATA = {
+    "toy": (8000, 2.0, 8.0, 3, 4, (256, 128, 32), (-0.37, 0.15)),
+    "small": (16000, 8.0, 10.0, 6, 16, (1024, 256, 64), (-0.18, 0.11)),
+    "paper": (16000, 10.0, 10.0, 6, 16, (1024, 256, 64), (-0.18, 0.11)),
+}
+
+
+def set_v2a_schedule(c: ml_collections.ConfigDict, scale: str, stage: str) -> None:
+  """The schedule and Adam settings of one VAFlow stage ("prior", "estimator", "joint") at `scale`."""
+  (c.total_steps, c.batch_size, c.eval_every, c.checkpoint_every, c.log_every, c.optimizer.learning_rate,
+   c.optimizer.warmup_steps) = _V2A_SCHEDULE[scale][stage]
 
 
 def v2a_config(scale: str) -> ml_collections.ConfigDict:
-  """VAFlow (`avflow/tasks/v2a.py`) at `toy` scale: toy foley clips (8 kHz, 2 s, 8 fps, 32 px), a 32-band log-mel
-  codec at 62.5 latent frames per second (T_a = 126, D_a = 32), the frames as a 4 × 4 colour grid (D_v = 48), the
-  toy DiT (width 64, depth 2) and alignment VAE (width 32, one block). The base config pretrains the VAE
-  (`model.stage="prior"`)."""
+  """VAFlow (`avflow/tasks/v2a.py`) on toy foley clips; the base config pretrains the alignment VAE
+  (`model.stage="prior"`).
+
+  toy    8 kHz, 2 s, 8 fps, 32 px clips; a 32-band log-mel codec at 62.5 latent frames per second (T_a = 126,
+         D_a = 32); the frames as a 4 × 4 colour grid (D_v = 48); the toy DiT (width 64, depth 2) and VAE.
+  small, paper  the `presets` DiT and VAE (26M; 142.6M + 4.9M) on 16 kHz clips of 8 s / 10 s at 10 fps (CLIP's
+         rate in the paper), the 64-band codec (62.5 frames per second, D_a = 64) and a 16 × 16 colour grid,
+         D_v = 768 where the paper has CLIP's 768-d features: the paper's network shapes on the toy data. The paper's
+         codec (Stable Audio Open's VAE) and CLIP features are not wired into this task.
+  """
   from avflow.models.v2a import presets as v2a_presets
   from avflow.models.v2a.prior_losses import PriorLossConfig
   if scale not in _V2A_SCHEDULE:
     raise ValueError(f"unknown VAFlow scale {scale!r}; expected one of {', '.join(V2A_SCALES)}")
-  total_steps, batch_size, eval_every, checkpoint_every, log_every, lr, warmup = _V2A_SCHEDULE[scale]
-  c = training_config("v2a", total_steps, batch_size, eval_every, checkpoint_every, log_every, lr, warmup)
+  c = training_config("v2a", *_V2A_SCHEDULE[scale]["prior"])
+  sample_rate, seconds, fps, max_events, grid, (n_fft, hop, n_mels), (shift, scale_) = _V2A_DATA[scale]
   c.data = ml_collections.ConfigDict(dict(
-      source="toy_foley", sample_rate=8000, clip_seconds=2.0, frames_per_second=8.0, image_size=32, max_events=3,
-      num_train_clips=8192, num_eval_clips=64,
+      source="toy_foley", sample_rate=sample_rate, clip_seconds=seconds, frames_per_second=fps, image_size=32,
+      max_events=max_events, num_train_clips=8192, num_eval_clips=64,
       num_classifier_clips=256,  # toy train clips the event classifier of the evaluation learns from
       seed=1234, worker_count=0))
-  # The toy's log-mel codec (`codec.MelCodec`) reads audio at data.sample_rate; n_mels is the latent width D_a.
+  # The log-mel codec (`codec.MelCodec`) reads audio at data.sample_rate; n_mels is the latent width D_a.
   codec = {k: v for k, v in v2a_presets.codec_config().items() if k != "sample_rate"}
-  c.codec = ml_collections.ConfigDict(dict(codec, n_fft=256, hop=128, n_mels=32))
-  # x_a = (codec latent − shift) / scale: the toy codec's latents of toy train clips have mean −0.37 and standard
-  # deviation 0.15; standardised, they have the scale of the Gaussian source and of the prior's samples.
-  c.latent = ml_collections.ConfigDict(dict(shift=-0.37, scale=0.15))
+  c.codec = ml_collections.ConfigDict(dict(codec, n_fft=n_fft, hop=hop, n_mels=n_mels))
+  # x_a = (codec latent − shift) / scale: the codec's latents of toy train clips (e.g. the toy's: mean −0.37,
+  # standard deviation 0.15); standardised, they have the scale of the Gaussian source and of the prior's samples.
+  c.latent = ml_collections.ConfigDict(dict(shift=shift, scale=scale_))
   c.model = v2a_presets.model_config(scale)
   c.model.latent_dim = c.codec.n_mels
-  c.model.conditioning = ml_collections.ConfigDict(dict(kind="frame_grid", grid=4))
+  c.model.conditioning = ml_collections.ConfigDict(dict(kind="frame_grid", grid=grid))
   c.model.video_dim = 3 * c.model.conditioning.grid ** 2
   c.model.prior = ml_collections.ConfigDict({k: v for k, v in v2a_presets.prior_config(scale).items()
                                              if k not in ("video_dim", "latent_dim")})
@@ -290,7 +317,7 @@ def v2a_parent(rows: dict, variant: str) -> str | None:
 
 def v2a_variant(file: str, rows: dict, arg: str):
   """The variant `arg` of a VAFlow config file: its scale's config with the row's fields ({dotted path: value},
-  the second entry of `rows[row]`) set."""
+  the second entry of `rows[row]`) set, then the schedule of its stage (`set_v2a_schedule`)."""
   variant = arg or "toy"
   if variant not in v2a_variants(rows):
     raise ValueError(f"unknown variant {variant!r} of {file}; expected one of {', '.join(v2a_variants(rows))}")
@@ -298,4 +325,5 @@ def v2a_variant(file: str, rows: dict, arg: str):
   config = v2a_config(scale)
   for path, value in (rows[row][1] if row else {}).items():
     set_field(config, path, value)
+  set_v2a_schedule(config, scale, config.model.stage)
   return config

@@ -1,7 +1,9 @@
 """VAFlow: video-to-audio generation by flow matching from a video prior (`avflow/tasks/v2a.py`).
 
-Select a variant with `--config=configs/vaflow.py:<scale>[_<row>]`, scale ∈ {toy}:
+Select a variant with `--config=configs/vaflow.py:<scale>[_<row>]`, scale ∈ {toy, small, paper}:
   toy            stage 1, the alignment VAE's pretraining (Eq. 7) on toy foley clips (8 kHz, 2 s, 8 fps, 32 px)
+  small, paper   the same with the 26M / 142.6M DiT (`avflow/models/v2a/presets.py`) on 16 kHz clips and a
+                 16 × 16 colour grid in place of CLIP features (`configs_lib.v2a_config`)
   <scale>_<row>  one row of the comparisons, e.g. `toy_prior_joint`, `toy_cfg3`; `ROWS` lists them.
 The stages of VAFlow each start from the previous one's run (`--config.init_from=RUN`):
   python -m avflow train --config=configs/vaflow.py:toy --workdir=runs/vaflow/prior
@@ -15,10 +17,9 @@ steps) share its training run in `ablate`.
 """
 from avflow.configs_lib import v2a_parent, v2a_variant, v2a_variants
 
-ESTIMATOR = {"model.stage": "estimator", "total_steps": 1500, "eval_every": 1500, "checkpoint_every": 500,
-             "batch_size": 16, "optimizer.learning_rate": 1e-3, "optimizer.warmup_steps": 50}
-JOINT = {**ESTIMATOR, "model.stage": "joint", "total_steps": 500, "eval_every": 500, "optimizer.warmup_steps": 0,
-         "optimizer.learning_rate": 2e-4}
+# Each stage's schedule and learning rate per scale: `avflow/configs_lib.py` (`set_v2a_schedule`).
+ESTIMATOR = {"model.stage": "estimator"}
+JOINT = {"model.stage": "joint"}
 
 # Row name → (description, {field: value} set on the base config, the row whose run `init_from` names).
 ROWS = {

@@ -17,7 +17,8 @@ from avflow.models.v2a.prior import reparameterize
 from avflow.models.v2a.vaflow import VAFlow, frame_features
 from avflow.report.paper_tables import TABLES
 from avflow.train import checkpoint
-from avflow.train.state import create_train_state, make_optimizer
+from avflow.train.partition import count_table
+from avflow.train.state import abstract_params, create_train_state, make_optimizer
 from avflow.train.step import jit, make_loss_fn, make_predict_fn, make_train_step
 
 
@@ -48,6 +49,17 @@ def test_every_variant_builds_and_rows_name_their_starting_run():
     tasks.get(_config("toy_gaussian")).loss_fn(None, _config("toy_gaussian", **{"model.stage": "joint"}))
   with pytest.raises(ValueError, match="model.latent_dim=16, but the codec's latent has codec.n_mels=32"):
     tasks.get(_config()).predict_fn(None, _config(**{"codec.n_mels": 32}))
+
+
+def test_info_counts_the_paper_scale_dit_and_vae():
+  """`configs/vaflow.py:paper_*` builds the 142.6M DiT (`presets`), its 16 × 16 colour grid giving CLIP's D_v = 768;
+  joint tuning freezes the VAE's decoder path only."""
+  config = vaflow.get_config("paper_prior_joint")
+  assert config.model.video_dim == 768 and config.model.latent_dim == 64 and config.total_steps == 130_000
+  task = tasks.get(config)
+  lines = count_table(abstract_params(task.build(config.model), config), task.frozen_prefixes(config.model), 1)
+  assert {"dit: 142603072", "prior: 4892544", "params_total: 147495616"} <= set(lines)
+  assert lines[2] == "params_frozen: 2069760"
 
 
 def test_frame_features_pool_each_cell_to_its_mean_colour():

@@ -9,6 +9,7 @@ state (no Adam moments) for them.
 from typing import Any, Iterable, Mapping
 
 import jax
+import numpy as np
 import optax
 
 FROZEN, TRAINABLE = "frozen", "trainable"
@@ -57,3 +58,28 @@ def update_scales(params: Any, frozen_prefixes: Iterable[str], lr_multipliers: M
     return float(lr_multipliers[max(held, key=len)]) if held else 1.0
 
   return jax.tree_util.tree_map_with_path(factor, params)
+
+
+def count_table(params, frozen=(), depth: int = 3) -> list[str]:
+  """Lines `params_total: N`, `params_trainable: N`, `params_frozen: N`, then `module: N` per subtree."""
+  mask = frozen_mask(params, frozen)
+  total = frozen_total = 0
+  per_module: dict[str, int] = {}
+
+  def visit(tree, is_frozen, path):
+    nonlocal total, frozen_total
+    if isinstance(tree, dict):
+      for k, v in tree.items():
+        visit(v, is_frozen[k], path + (k,))
+      return
+    n = int(np.prod(tree.shape))
+    total += n
+    frozen_total += n if is_frozen else 0
+    for d in range(1, min(depth, len(path) - 1) + 1):
+      key = "/".join(path[:d])
+      per_module[key] = per_module.get(key, 0) + n
+
+  visit(params, mask, ())
+  lines = [f"params_total: {total}", f"params_trainable: {total - frozen_total}", f"params_frozen: {frozen_total}"]
+  lines += [f"{k}: {v}" for k, v in sorted(per_module.items())]
+  return lines
