@@ -15,6 +15,7 @@ from avflow import ablate, flow, tasks
 from avflow.data.pipeline import device_batch
 from avflow.models.v2a.prior import reparameterize
 from avflow.models.v2a.vaflow import VAFlow, frame_features
+from avflow.report.html import write_report
 from avflow.report.paper_tables import TABLES
 from avflow.train import checkpoint
 from avflow.train.partition import count_table
@@ -261,3 +262,12 @@ def test_evaluation_scores_generated_audio_the_source_and_the_codec(stages):
   sample = workdir / "samples" / os.listdir(workdir / "samples")[0]
   assert {"prediction.wav", "input.wav", "target.wav", "events.json", "frames"} <= set(os.listdir(sample))
   assert json.load(open(sample / "events.json"))["caption"]
+
+
+def test_report_page_plays_the_generated_source_and_real_audio_of_each_clip(stages):
+  workdir = stages["runs"]["frozen"][1]
+  page = open(write_report(str(workdir)), encoding="utf-8").read()
+  for stream in ("input", "prediction", "target"):
+    assert f'data-stream="{stream}"' in page, stream
+  assert "<th>reconstruction (raw)</th>" in page and "<th>FD (log-mel statistics)</th>" in page
+  assert "lower is better" in page and "Caption: " in page and "Events the frames show: " in page

@@ -2,7 +2,8 @@
 
 Reads what training and `avflow.train.evaluate` leave in a run directory: `eval.json`, `metrics.jsonl` (the
 training losses) and `samples/<clip>/`: *.wav (input, prediction, target and, when saved, per-step outputs
-`step_<k>.wav`), the video frames `frames/*.png|jpg` and `loudness.json` (per-source LUFS). The page shows the
+`step_<k>.wav`), the video frames `frames/*.png|jpg`, `loudness.json` (per-source LUFS) and `events.json` (a
+video-to-audio clip's events and caption). The page shows the
 metrics table with raw values, the paper's display scaling (×100 except LDif, Table 1 caption) and which way is
 better; the loss curves; the per-step cosine of the inference trajectory as a plot beside its variance and
 curvature; and per clip the frames, a bar chart of each source's loudness in input, prediction and target, and per
@@ -28,12 +29,18 @@ REPORT_NAME = "report.html"
 ASSETS_DIR = "report_files"
 FRAME_EXTENSIONS = (".png", ".jpg", ".jpeg")
 METRIC_NAMES = {"ldif": "LDif", "mag": "Mag", "env": "Env", "was": "Was", "sdr": "SDR (dB)", "sir": "SIR (dB)",
-                "sar": "SAR (dB)"}
+                "sar": "SAR (dB)", "fd": "FD (log-mel statistics)", "onset_f1": "onset-sync F1",
+                "event_accuracy": "event-class accuracy"}
 PAPER_SCALED = ("ib", "kld", "ldif", "mag", "env", "was")  # VisAH-FM's metrics, printed ×100 but LDif by its paper
 # Which way each metric improves: LDif and the signal distances, the trajectory's variance and curvature (a
 # straighter path) and the losses go down; the cosine to the ground-truth velocity goes up.
 BETTER = {"ldif": "lower", "mag": "lower", "env": "lower", "was": "lower", "variance": "lower", "curvature": "lower",
-          "cosine": "higher", "loss": "lower", "sdr": "higher", "sir": "higher", "sar": "higher"}
+          "cosine": "higher", "loss": "lower", "sdr": "higher", "sir": "higher", "sar": "higher", "fd": "lower",
+          **{k: "higher" for k in ("onset_f1", "onset_precision", "onset_recall", "event_accuracy",
+                                   "event_label_accuracy")}}
+# The scored streams of eval.json, as metric-table columns: the unprocessed input (or the source x0), the
+# prediction, and where a codec sits between model and audio, the real audio through it (the codec's ceiling).
+SCORED = ("input", "prediction", "reconstruction")
 NOT_LOSSES = ("step", "grad_norm", "examples_per_s")  # the other fields of metrics.jsonl
 STREAM_COLORS = {"input": "0.6", "prediction": "tab:blue", "target": "tab:green"}
 STYLE = """
@@ -215,17 +222,17 @@ def loudness_png(loud: dict, path: str) -> None:
 
 
 def metrics_html(report: dict) -> str:
-  """The eval.json summary: run fields, then a metric table for input and prediction (raw values, and VisAH-FM's
-  metrics also in the paper's scaling)."""
+  """The eval.json summary: run fields, then a metric table for input, prediction and reconstruction where scored
+  (raw values, and VisAH-FM's metrics also in the paper's scaling)."""
   rows = []
   for key, value in report.items():
-    if key in ("input", "prediction", "trajectory"):  # the trajectory has its own section
+    if key in (*SCORED, "trajectory"):  # the trajectory has its own section
       continue
     items = value.items() if isinstance(value, dict) else [("", value)]
     for sub, v in items:
       rows.append(f"<tr><th>{html.escape(key + ('.' + sub if sub else ''))}</th><td>{_fmt(v)}</td></tr>")
   out = [f"<table class=\"run\">{''.join(rows)}</table>"] if rows else []
-  columns = [name for name in ("input", "prediction") if isinstance(report.get(name), dict)]
+  columns = [name for name in SCORED if isinstance(report.get(name), dict)]
   if columns:
     raw = {name: report[name] for name in columns}
     keys = list(dict.fromkeys(k for name in columns for k in report[name]))
@@ -261,6 +268,13 @@ def clip_html(workdir: str, clip: str) -> str:
                    for f in frames)
     label = "" if folder == "frames" else f"<p class=\"note\">{html.escape(folder)}</p>"
     parts.append(f"{label}<div class=\"frames\">{imgs}</div>")
+  events_path = os.path.join(clip_dir, "events.json")
+  if os.path.isfile(events_path):
+    with open(events_path) as f:
+      events = json.load(f)
+    shown = ", ".join(f"{e['class']} at {e['time']:.2f} s" for e in events["events"])
+    parts.append(f"<p class=\"note\">Caption: {html.escape(events.get('caption', ''))}. Events the frames show: "
+                 f"{html.escape(shown) or 'none'}.</p>")
   loud_path = os.path.join(clip_dir, "loudness.json")
   if os.path.isfile(loud_path):
     with open(loud_path) as f:
