@@ -35,6 +35,10 @@ ROWS = {
                         {**JOINT, "inference.method": solver, "inference.num_steps": k}, "prior_frozen")
        for solver in ("euler", "midpoint") for k in (1, 2, 4, 8)},
     "dopri5": ("Video prior, jointly tuned, adaptive dopri5", {**JOINT, "inference.method": "dopri5"}, "prior_frozen"),
+    # The Gaussian source at few steps, against the jointly tuned prior's `euler<k>` rows.
+    **{f"gaussian_euler{k}": (f"Gaussian source, Euler on {k} step{'s' * (k > 1)}",
+                              {**ESTIMATOR, "model.source": "gaussian", "inference.num_steps": k}, None)
+       for k in (1, 2, 4)},
 }
 VARIANTS = v2a_variants(ROWS)
 

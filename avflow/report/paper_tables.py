@@ -171,5 +171,7 @@ TABLES["vaflow"] = {
         **{f"vaflow:{solver}{k}": _v2a_row(f"Jointly tuned, {solver}, {k} step{'s' * (k > 1)} (paper: no numbers)")
            for solver in ("euler", "midpoint") for k in (1, 2, 4, 8)},
         "vaflow:dopri5": _v2a_row("Jointly tuned, adaptive dopri5 (the paper's sampler for Table 1)"),
+        **{f"vaflow:gaussian_euler{k}": _v2a_row(f"Gaussian source, euler, {k} step{'s' * (k > 1)} (paper: no numbers)")
+           for k in (1, 2, 4)},
     },
 }
