@@ -290,6 +290,7 @@ def v2a_config(scale: str) -> ml_collections.ConfigDict:
   c.model.source = "prior"  # or "gaussian" (x0 ~ 𝒩(0, I))
   c.model.stage = "prior"  # "prior" (Eq. 7), "estimator" (Eq. 8, VAE frozen) or "joint" (Eq. 9)
   c.model.cross_attention = True
+  c.model.video_injection = "none"  # or "dynamic" / "global": x_v added to the DiT's latent tokens (Foley-Flow)
   c.prior_loss = ml_collections.ConfigDict(dataclasses.asdict(PriorLossConfig()))
   # Eq. 8: t ~ U(0, 1), the straight path from x0, L2 on the velocity; no rollout.
   c.objective = ml_collections.ConfigDict(dataclasses.asdict(ObjectiveConfig(rollout_weight=0.0,

@@ -16,7 +16,8 @@ each starting from the previous stage's run (`config.init_from`). The DiT's cond
 condition ∅ for a fraction `config.condition_dropout` (10 %) of the examples. Sampling draws x0 once (the prior's ε
 or the Gaussian noise from `inference.seed`) and integrates the CFG field (Eq. 10) (1 + γ)·v(x_t, t, x_v) −
 γ·v(x_t, t, ∅) from it, both branches from the same prior sample in one batched call (`flow.guidance`); γ = 0,
-or a model without cross-attention, integrates v(x_t, t, x_v) alone. Solvers: Euler, midpoint or Heun on
+or a DiT that does not read the video (no cross-attention, no `model.video_injection`), integrates v(x_t, t, x_v)
+alone. Solvers: Euler, midpoint or Heun on
 `inference.num_steps` steps, or adaptive dopri5 (`inference.rtol`, `atol`).
 
 Evaluation generates the held-out clips, decodes them with the codec and scores them with `metrics.foley`: onset
@@ -115,8 +116,10 @@ def _velocity(model, variables):
 
 
 def guidance_branches(config) -> int:
-  """DiT calls per field evaluation: 2 with CFG (γ ≠ 0 and cross-attention), else 1."""
-  return 2 if config.model.cross_attention and config.inference.cfg != 0 else 1
+  """DiT calls per field evaluation: 2 with CFG (γ ≠ 0 and a path for the video into the DiT: cross-attention or
+  `model.video_injection`), else 1."""
+  reads_video = config.model.cross_attention or config.model.video_injection != "none"
+  return 2 if reads_video and config.inference.cfg != 0 else 1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,9 +15,12 @@ x_v^AE (`prior.AlignmentVAE`) and the DiT velocity field that reads them by cros
   stage         which parts train (`frozen_prefixes`): "prior" the VAE alone (Eq. 7; the model has no DiT),
                 "estimator" the DiT with the VAE frozen (Eq. 8), "joint" the DiT and the VAE's encoder (Eq. 9; the
                 decoder, which Eq. 9 does not use, stays frozen).
-  cross_attention  False: the DiT always gets the null condition ∅ (zero features, or the learned null), so its
-                cross-attention layers see no video: with bias-free key and value projections each adds only its
-                output bias, a constant. The video reaches the flow through the prior alone (Table 4, row 1).
+  cross_attention  False: the DiT's cross-attention always gets the null condition ∅ (zero features, or the learned
+                null), so it sees no video: with bias-free key and value projections each layer adds only its
+                output bias, a constant. The video reaches the flow through the prior alone (Table 4, row 1), or
+                through `video_injection`.
+  video_injection  "none", or "dynamic" / "global": the video features added to the DiT's latent tokens
+                (`dit.VelocityDiT`; Foley-Flow's per-segment conditioning and its clip-level baseline).
 
 The model is built from what the stage uses: no VAE for the Gaussian source, no DiT while the VAE pretrains.
 """
@@ -61,7 +64,9 @@ def describe_conditioning(model_cfg: ml_collections.ConfigDict) -> str:
     raise ValueError(f"model.conditioning.kind={cond.kind!r}; expected one of {CONDITIONINGS}")
   source = "x0 from the video prior" if model_cfg.source == "prior" else "x0 ~ N(0, I)"
   attention = "cross-attention" if model_cfg.cross_attention else "no cross-attention"
-  return f"V ({cond.grid} × {cond.grid} colour grid per frame; {source}; {attention})"
+  injection = {"none": "", "dynamic": "; added per latent frame (dynamic)",
+               "global": "; added mean-pooled (global)"}[model_cfg.video_injection]
+  return f"V ({cond.grid} × {cond.grid} colour grid per frame; {source}; {attention}{injection})"
 
 
 def frame_features(frames: jax.Array, grid: int) -> jax.Array:
@@ -113,9 +118,8 @@ class VAFlow(nn.Module):
     return self.prior(video, key, latent_frames)
 
   def velocity(self, x_t: jax.Array, t: jax.Array, video: jax.Array, drop: jax.Array) -> jax.Array:
-    """v(x_t, t, x_v) with the examples marked in `drop (B,)` given ∅; without cross-attention every example is."""
-    if not self.cfg.cross_attention:
-      drop = jnp.ones(x_t.shape[:1], bool)
+    """v(x_t, t, x_v) with the examples marked in `drop (B,)` given ∅ (without cross-attention, the blocks give ∅
+    to every example)."""
     return self.dit(x_t, t, video, drop)
 
   def __call__(self, frames: jax.Array, latent_frames: int) -> list:
