@@ -112,6 +112,16 @@ def test_every_variant_builds_and_the_vama_rows_start_from_their_ratios_run():
   assert foley_flow.parent_variant("toy_dynamic_vama_mask0.9") == "toy_vama0.9"
   assert foley_flow.get_config("toy_vama0.9").model.vama.ratio == 0.9
   assert foley_flow.parent_variant("toy_dynamic") is None and foley_flow.parent_variant("toy") is None
+  conditioning = ablate.table_conditioning("foleyflow", "toy")
+  assert len(conditioning) == 6 and "mean-pooled (global)" in conditioning[
+      "VAMA ✗, global injection (our reading of GVAF ✗; Table 2)"]
+  commands = ablate.launch_commands("foleyflow", "toy", [0], "/r")
+  position = {c.split()[4]: i for i, c in enumerate(commands)}
+  assert position["--config=configs/foley_flow.py:toy"] < position["--config=configs/foley_flow.py:toy_dynamic_vama"]
+  assert position["--config=configs/foley_flow.py:toy_vama0.5"] < position[
+      "--config=configs/foley_flow.py:toy_dynamic_vama_mask0.5"]
+  mask09 = next(c for c in commands if "foley_flow.py:toy_dynamic_vama_mask0.9 " in c)
+  assert "--config.init_from=/r/tablefoleyflow_toy/foley_flow_toy_vama0.9/seed0 " in mask09
   config = _config("toy_dynamic_vama")
   assert tasks.get(config).frozen_prefixes(config.model) == ("video_encoder",)
   config.model.source = "prior"

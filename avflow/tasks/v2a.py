@@ -20,8 +20,8 @@ condition ∅ for a fraction `config.condition_dropout` (10 %) of the examples. 
 or the Gaussian noise from `inference.seed`) and integrates the CFG field (Eq. 10) (1 + γ)·v(x_t, t, x_v) −
 γ·v(x_t, t, ∅) from it, both branches from the same prior sample in one batched call (`flow.guidance`); γ = 0,
 or a DiT that does not read the video (no cross-attention, no `model.video_injection`), integrates v(x_t, t, x_v)
-alone. Solvers: Euler, midpoint or Heun on
-`inference.num_steps` steps, or adaptive dopri5 (`inference.rtol`, `atol`).
+alone. Solvers: Euler, midpoint or Heun on `inference.num_steps` steps, or adaptive dopri5 (`inference.rtol`,
+`atol`).
 
 Evaluation generates the held-out clips, decodes them with the codec and scores them with `metrics.foley`: onset
 sync against the events the frames show, event-class accuracy of a classifier trained on real toy train audio,
@@ -266,8 +266,8 @@ class VideoToAudio(Task):
     x0 decoded) and "reconstruction" (the real audio through the codec), each with `fd` (Fréchet distance to the
     held-out real audio), `onset_f1` / `_precision` / `_recall` (against the events' times) and `event_accuracy`
     / `event_label_accuracy`; the mean NFE per call and the sampler. The VAE and VAMA pretraining stages report
-    their held-out loss terms instead (L_VAE; L_VAMA). The first `eval.num_samples` clips get `samples/<clip>/`: prediction.wav,
-    input.wav, target.wav (the real audio), events.json (times, classes, caption) and the frames."""
+    their held-out loss terms instead (L_VAE; L_VAMA). The first `eval.num_samples` clips get `samples/<clip>/`:
+    prediction.wav, input.wav, target.wav (the real audio), events.json (times, classes, caption) and the frames."""
     if config.model.stage in ("prior", "vama"):
       report = {"prediction": _held_out_terms(self.loss_fn(self.build(config.model), config), params, source, config),
                 "steps": int(step), "num_clips": len(source)}
