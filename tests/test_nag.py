@@ -7,13 +7,15 @@ import pytest
 
 import nag as nag_configs
 from conftest import V2A_TINY
-from avflow import flow, tasks
+from avflow import ablate, flow, tasks
 from avflow.configs_lib import set_field
 from avflow.data import foley
 from avflow.data.pipeline import device_batch
 from avflow.flow import guidance
 from avflow.models.v2a.nag import NAGFoley, WORDS, tokenize
-from avflow.tasks.nag import composite, half_captions
+from avflow.report.paper_tables import TABLES
+from avflow.metrics import foley as foley_metrics
+from avflow.tasks.nag import composite, half_captions, track_scores
 from avflow.train.state import create_train_state, make_optimizer
 from avflow.train.step import jit, make_train_step
 
@@ -148,7 +150,7 @@ def test_negative_prompting_puts_the_other_captions_in_the_null_branch(control):
   variables = {"params": params}
   video = model.apply(variables, batch["frames"], method=NAGFoley.video)
   b, alpha = video.shape[0], config.inference.alpha
-  x0 = jax.random.normal(jax.random.PRNGKey(config.inference.seed), got.shape)
+  x0 = jax.random.normal(jax.random.fold_in(jax.random.PRNGKey(config.inference.seed), 0), got.shape)
   u = lambda tokens, drop_video: model.apply(
       variables, x0, jnp.zeros(b), {"video": video, "tokens": tokens, "drop_video": jnp.full(b, drop_video),
                                     "drop_text": jnp.zeros(b, bool)}, method=NAGFoley.velocity)
@@ -211,8 +213,34 @@ def test_configs_name_their_starting_run_and_check_their_fields():
   assert nag_configs.get_config("toy").model.stage == "base"
   assert nag_configs.get_config("toy_control").inference.guidance == "nag"
   assert nag_configs.parent_variant("toy_a2.5_b0") == "toy" and nag_configs.parent_variant("toy") is None
+  rows = ablate.table_rows("nag", "toy")
+  assert {row.variant for row in rows} <= set(nag_configs.VARIANTS) and len(rows) == 11
+  assert TABLES["nag"]["rows"]["nag:control"]["clap_aa"] == 74.74
+  assert {row.key: ablate.parent_row(row).variant for row in rows}["nag:negative_prompt"] == "toy"
   task = tasks.get(nag_config())
   with pytest.raises(ValueError, match="inference.guidance='nag' needs the ControlNet"):
     task.predict_fn(None, nag_config("toy", **{"inference.guidance": "nag"}))
   with pytest.raises(ValueError, match="data.text_tokens=8, but the text encoder reads model.text.tokens=16"):
     task.loss_fn(None, nag_config(**{"data.text_tokens": 8}))
+
+
+def test_track_scores_measure_independence_fidelity_and_the_composites_fd():
+  """Identical tracks have independence 1; each class's real stem is heard as its class by the toy classifier, and
+  a track captioned with another class is not."""
+  clips = foley.ToyFoley(num_clips=24, seed=5, split="val")
+  items = [clips[i] for i in range(len(clips))]
+  two = [clip for clip in items if len(clip["class_captions"]) >= 2][:4]
+  stems = [np.stack([clip["stems"][k] for k, _ in clip["class_captions"][:2]]) for clip in two]
+  classes = [[k for k, _ in clip["class_captions"][:2]] for clip in two]
+  reference = [clip["audio"] for clip in items]
+  classifier = foley_metrics.train_event_classifier(
+      [(clip["audio"], [c for _, c in clip["events"]]) for clip in map(foley.ToyFoley(num_clips=64, seed=5).__getitem__,
+                                                                        range(64))], 8000, len(foley.CLASSES))
+  mixes = [composite(s, 8000) for s in stems]
+  scores = track_scores(stems, classes, mixes, reference, classifier, 8000)
+  assert scores["tracks"] == 8 and scores["fidelity"] >= 0.75 and np.isfinite(scores["fd"])
+  same = track_scores([np.stack([s[0], s[0]]) for s in stems], [[c[0], c[0]] for c in classes], mixes, reference,
+                      classifier, 8000)
+  assert same["independence"] == pytest.approx(1.0) and scores["independence"] < 0.9, scores
+  wrong = track_scores(stems, [[(c + 1) % 4 for c in cs] for cs in classes], mixes, reference, classifier, 8000)
+  assert wrong["fidelity"] < scores["fidelity"]

@@ -81,7 +81,7 @@ def main(argv):
   length = int(round(video.duration * rate))
   start = time.perf_counter()
   try:
-    tracks = generate_tracks(run.predict, run.params, config, video.frames[None], [captions])[0, :, :length]
+    tracks = generate_tracks(run.predict, run.params, config, video.frames[None], [captions]).audio[0, :, :length]
   except ValueError as e:
     raise AvflowError(str(e)) from e
   took = time.perf_counter() - start

@@ -22,7 +22,7 @@ the captions so far; `composite` sums the tracks and normalises the sum to −20
 
 Evaluation generates the tracks of every held-out clip's first half from its class captions (`class_captions` of
 that half's events) and scores (`track_scores`): `independence`, the mean pairwise cosine similarity of a clip's
-tracks' log-mel embeddings (mean and deviation per band, centred on the held-out real segments' mean; lower: more
+tracks' log-mel embeddings (mean and deviation per band, centred on the mean over all the tracks scored; lower: more
 separated tracks, the paper's CLAP A-A); `fidelity`, the fraction of tracks the toy event classifier hears its
 caption's class in (the paper's CLAP T-A); `fd`, the Fréchet distance of the composites to the held-out real
 segments.
@@ -32,6 +32,7 @@ import functools
 import json
 import os
 from itertools import combinations
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -120,36 +121,49 @@ def composite(tracks: np.ndarray, sample_rate: int, lufs: float = COMPOSITE_LUFS
   return (mix if not np.isfinite(loudness) else mix * 10.0 ** ((lufs - loudness) / 20.0)).astype(np.float32)
 
 
-def generate_tracks(predict, params, config, frames: np.ndarray, captions: list[list[str]]) -> np.ndarray:
-  """Tracks `(B, K, L)` of `frames (B, F, S, S, 3)`, K captions per video, one after another (Sec. 3.1): track 1
-  plain CFG, track k guided away from tracks 1..k−1 (`inference.guidance`: "nag" their summed waveform, a;
-  "negative_prompt" their captions joined, C_neg; "cfg" none, independent generation). L covers the F frames."""
+class Tracks(NamedTuple):
+  """`generate_tracks`' result: the tracks `(B, K, L)` and, when asked for, their sources x0 decoded `(B, K, L)`."""
+  audio: np.ndarray
+  sources: Optional[np.ndarray]
+
+
+def generate_tracks(predict, params, config, frames: np.ndarray, captions: list[list[str]],
+                    with_sources: bool = False) -> Tracks:
+  """The tracks of `frames (B, F, S, S, 3)`, K captions per video, one after another (Sec. 3.1): track 1 plain CFG,
+  track k guided away from tracks 1..k−1 (`inference.guidance`: "nag" their summed waveform, a; "negative_prompt"
+  their captions joined, C_neg; "cfg" none, independent generation), from its own x0 (`inference.seed` folded with
+  k). L covers the F frames."""
   if not captions or len({len(c) for c in captions}) != 1 or not captions[0]:
     raise ValueError("every video needs the same number (one or more) of captions")
   length, tokens = num_samples(config, frames.shape[1]), config.model.text.tokens
-  tracks = []
+  tracks, sources = [], []
   for k in range(len(captions[0])):
-    batch = {"frames": frames, "tokens": tokenize([c[k] for c in captions], tokens)}
+    batch = {"frames": frames, "tokens": tokenize([c[k] for c in captions], tokens), "track": np.int32(k)}
     if k and config.inference.guidance == "nag":
       batch["condition_audio"] = np.sum(tracks, axis=0).astype(np.float32)
     elif k and config.inference.guidance == "negative_prompt":
       batch["negative_tokens"] = tokenize([", then ".join(c[:k]) for c in captions], tokens)
-    latents, _ = jax.device_get(predict(params, batch))
+    latents, generation = jax.device_get(predict(params, batch))
     tracks.append(decode(config, latents, length))
-  return np.stack(tracks, axis=1)
+    if with_sources:
+      sources.append(decode(config, generation.source, length))
+  return Tracks(np.stack(tracks, axis=1), np.stack(sources, axis=1) if with_sources else None)
 
 
 def track_scores(tracks: list, classes: list, composites: list, reference: list, classifier, sample_rate: int) -> dict:
   """`independence`, `fidelity` and `fd` (the module docstring) of each clip's `tracks[i] (K_i, L)` captioned with
-  `classes[i]`, their `composites[i] (L,)` and the real segments `reference` (two or more)."""
-  centre = foley_metrics.audio_embedding(reference, sample_rate).mean(0)
-  cosines = []
-  for clip in tracks:
-    if len(clip) > 1:
-      e = foley_metrics.audio_embedding(list(clip), sample_rate) - centre
-      e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-      cosines += [float(e[i] @ e[j]) for i, j in combinations(range(len(clip)), 2)]
+  `classes[i]`, their `composites[i] (L,)` and the real segments `reference` (two or more). The log-mel embeddings
+  (`metrics.foley.audio_embedding`) are centred on the mean over all the tracks scored, so that what every track
+  shares (the level of silence, the codec's floor) does not count as similarity."""
   flat = [track for clip in tracks for track in clip]
+  embeddings = foley_metrics.audio_embedding(flat, sample_rate)
+  embeddings -= embeddings.mean(0)
+  embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+  cosines, first = [], 0
+  for clip in tracks:
+    e = embeddings[first:first + len(clip)]
+    cosines += [float(e[i] @ e[j]) for i, j in combinations(range(len(clip)), 2)]
+    first += len(clip)
   heard = classifier.probabilities(flat)[np.arange(len(flat)), [c for cs in classes for c in cs]] > 0.5
   return {"independence": float(np.mean(cosines)) if cosines else float("nan"), "fidelity": float(np.mean(heard)),
           "fd": foley_metrics.audio_frechet_distance(composites, reference, sample_rate), "tracks": len(flat)}
@@ -250,8 +264,9 @@ class StepByStepFoley(Task):
     return loss_fn
 
   def predict_fn(self, model, config):
-    """predict(params, {"frames", "tokens"[, "condition_audio" | "negative_tokens"]}, stop_after=None) → (one
-    track's latents (B, T_a, D_a) for the span the frames cover, `Generation`), guided as the module docstring."""
+    """predict(params, {"frames", "tokens"[, "track"][, "condition_audio" | "negative_tokens"]}, stop_after=None) →
+    (one track's latents (B, T_a, D_a) for the span the frames cover, `Generation`), guided as the module docstring,
+    from x0 ~ 𝒩(0, I) drawn with `inference.seed` folded with the track's index (`track`, 0 if absent)."""
     check_config(config)
     codec, inference = make_codec(config), config.inference
     alpha, beta = inference.alpha, inference.beta
@@ -261,7 +276,8 @@ class StepByStepFoley(Task):
       video = model.apply(variables, batch["frames"], method=NAGFoley.video)
       b, tokens = video.shape[0], batch["tokens"]
       latent_frames = codec.num_frames(num_samples(config, video.shape[1]))
-      x0 = jax.random.normal(jax.random.PRNGKey(inference.seed), (b, latent_frames, config.model.latent_dim))
+      key = jax.random.fold_in(jax.random.PRNGKey(inference.seed), batch.get("track", 0))
+      x0 = jax.random.normal(key, (b, latent_frames, config.model.latent_dim))
       base = lambda x, t, c: model.apply(variables, x, t, c, method=NAGFoley.velocity)
       conditional = _cond(video, tokens, False, False)
       if inference.guidance == "nag" and "condition_audio" in batch:
@@ -285,14 +301,15 @@ class StepByStepFoley(Task):
 
   def evaluate(self, predict, params, source, config, workdir, step):
     """Generates the tracks of every held-out clip's first half (`generate_tracks`, its `half_captions`) and writes
-    `eval.json`: "prediction" with `track_scores` (`independence`, `fidelity`, `fd`), "guidance" and the sampler.
+    `eval.json`: "prediction" with `track_scores` (`independence`, `fidelity`, `fd`), "input" with those of the
+    tracks' sources x0 decoded, the guidance and the sampler.
     The first `eval.num_samples` clips get `samples/<clip>/`: track_<k>.wav, mix.wav (the composite), target.wav
     (the real segment) and captions.json."""
     clips, rate = source.clips, config.data.sample_rate
     half = clips.num_samples // 2
     items = [clips[i] for i in range(len(clips))]
     captions = [half_captions(clip, 0, rate, half) for clip in items]
-    tracks = [None] * len(items)
+    tracks, sources = [None] * len(items), [None] * len(items)
     size = config.eval.batch_size
     for k in sorted({len(c) for c in captions}):  # clips with K captions together, in batches of one shape
       members = [i for i, c in enumerate(captions) if len(c) == k]
@@ -301,16 +318,17 @@ class StepByStepFoley(Task):
         chunk_padded = chunk + chunk[-1:] * (size - len(chunk))
         frames = np.stack([items[i]["frames"][:clips.num_frames // 2] for i in chunk_padded])
         out = generate_tracks(predict, params, config, frames, [[text for _, text in captions[i]]
-                                                                for i in chunk_padded])
-        for i, t in zip(chunk, out):
-          tracks[i] = t
+                                                                for i in chunk_padded], with_sources=True)
+        for i, t, x0 in zip(chunk, out.audio, out.sources):
+          tracks[i], sources[i] = t, x0
     mixes = [composite(t, rate) for t in tracks]
     reference = [clip["audio"][:half] for clip in items]
     classes = [[c for c, _ in cs] for cs in captions]
-    scores = track_scores(tracks, classes, mixes, reference, _classifier(json.dumps(config.data.to_dict(),
-                                                                                    sort_keys=True)), rate)
+    classifier = _classifier(json.dumps(config.data.to_dict(), sort_keys=True))
+    scores = track_scores(tracks, classes, mixes, reference, classifier, rate)
+    inputs = track_scores(sources, classes, [composite(x0, rate) for x0 in sources], reference, classifier, rate)
     inference = config.inference
-    report = {"prediction": scores, "steps": int(step), "num_clips": len(items), "sample_rate": rate,
+    report = {"prediction": scores, "input": inputs, "steps": int(step), "num_clips": len(items), "sample_rate": rate,
               "inference": {"guidance": inference.guidance, "alpha": float(inference.alpha),
                             "beta": float(inference.beta) if inference.guidance == "nag" else 0.0,
                             "solver": inference.method, "num_steps": inference.num_steps}}
