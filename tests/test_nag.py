@@ -120,6 +120,30 @@ def test_a_control_training_step_changes_only_the_controlnet(control):
   assert all(jax.tree.leaves(moved))
 
 
+def test_the_base_learns_the_captioned_stem_and_trains_every_part():
+  """Stage "base": eight Adam steps on one batch lower the velocity loss towards the captioned class's stem; the text
+  encoder and the DiT both move (there is no ControlNet)."""
+  config = nag_config("toy", **{"optimizer.learning_rate": 3e-3, "optimizer.schedule": "constant"})
+  task = tasks.get(config)
+  model = task.build(config.model)
+  batch, key = _batch(config), jax.random.key(3)
+  tx = make_optimizer(config)
+  state = create_train_state(model, config, batch, tx)
+  assert set(state.params) == {"text", "dit"}
+  loss_fn = jax.jit(task.loss_fn(model, config))
+  before = float(loss_fn(state.params, batch, key)[0])
+  silent = {**batch, "stem": jnp.zeros_like(batch["stem"])}
+  assert float(loss_fn(state.params, silent, key)[0]) != before  # the target is the stem
+  step = jit(make_train_step(model, config, tx))
+  start = state.params
+  for _ in range(8):
+    state, _ = step(state, batch, key)
+  assert float(loss_fn(state.params, batch, key)[0]) < 0.9 * before
+  for part in ("text", "dit"):
+    moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), start[part], state.params[part])
+    assert any(jax.tree.leaves(moved)), part
+
+
 def _predict(config, model, params, batch, **inference):
   config = config.copy_and_resolve_references()
   for name, value in inference.items():
