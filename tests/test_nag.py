@@ -249,7 +249,7 @@ def test_configs_name_their_starting_run_and_check_their_fields():
 
 
 def test_track_scores_measure_independence_fidelity_and_the_composites_fd():
-  """Identical tracks have independence 1; each class's real stem is heard as its class by the toy classifier, and
+  """Identical tracks have independence 1, the stems of different classes far less; each class's real stem is heard as its class by the toy classifier, and
   a track captioned with another class is not."""
   clips = foley.ToyFoley(num_clips=24, seed=5, split="val")
   items = [clips[i] for i in range(len(clips))]
@@ -261,10 +261,12 @@ def test_track_scores_measure_independence_fidelity_and_the_composites_fd():
       [(clip["audio"], [c for _, c in clip["events"]]) for clip in map(foley.ToyFoley(num_clips=64, seed=5).__getitem__,
                                                                         range(64))], 8000, len(foley.CLASSES))
   mixes = [composite(s, 8000) for s in stems]
-  scores = track_scores(stems, classes, mixes, reference, classifier, 8000)
+  real = [clip["stems"][k] for clip in items for k, _ in clip["class_captions"]]
+  scores = track_scores(stems, classes, mixes, reference, real, classifier, 8000)
   assert scores["tracks"] == 8 and scores["fidelity"] >= 0.75 and np.isfinite(scores["fd"])
   same = track_scores([np.stack([s[0], s[0]]) for s in stems], [[c[0], c[0]] for c in classes], mixes, reference,
-                      classifier, 8000)
+                      real, classifier, 8000)
   assert same["independence"] == pytest.approx(1.0) and scores["independence"] < 0.9, scores
-  wrong = track_scores(stems, [[(c + 1) % 4 for c in cs] for cs in classes], mixes, reference, classifier, 8000)
+  wrong = track_scores(stems, [[(c + 1) % 4 for c in cs] for cs in classes], mixes, reference, real, classifier,
+                       8000)
   assert wrong["fidelity"] < scores["fidelity"]

@@ -193,7 +193,7 @@ TABLES["nag"] = {
     "metrics": NAG_METRICS,
     "paper_metrics": NAG_PAPER_METRICS,
     "headline": "independence",
-    "units": ("toy metrics of the tracks of the held-out clips' first halves: independence ↓ (mean pairwise cosine "
+    "units": ("toy metrics of the tracks of the whole held-out clips: independence ↓ (mean pairwise cosine "
               "of log-mel embeddings), caption fidelity ↑ (the toy classifier hears the captioned class), the "
               "composites' FD ↓ (log-mel statistics)"),
     "paper_note": ("the published Multi-Caps VGGSound numbers of Table 2 (MMAudio-S-16k base; CLAP A-A ↓, IS ↑, "

@@ -20,12 +20,13 @@ A batch without `negative_tokens` / `condition_audio` (the first track) gets pla
 K steps: track 1 plain CFG, track k steered away from the sum of tracks 1..k−1 (as waveforms, then encoded) or from
 the captions so far; `composite` sums the tracks and normalises the sum to −20 LUFS (pyloudnorm, as the paper).
 
-Evaluation generates the tracks of every held-out clip's first half from its class captions (`class_captions` of
-that half's events) and scores (`track_scores`): `independence`, the mean pairwise cosine similarity of a clip's
-tracks' log-mel embeddings (mean and deviation per band, centred on the mean over all the tracks scored; lower: more
-separated tracks, the paper's CLAP A-A); `fidelity`, the fraction of tracks the toy event classifier hears its
-caption's class in (the paper's CLAP T-A); `fd`, the Fréchet distance of the composites to the held-out real
-segments.
+Evaluation generates the tracks of every whole held-out clip (twice the training segments' length, as the paper
+trains on 4 s and generates 8 s) from its class captions (`foley.class_captions`) and scores (`track_scores`):
+`independence`, the mean pairwise cosine similarity of a clip's tracks' log-mel embeddings (mean and deviation per
+band, centred on the real per-class stems' mean; lower: more separated tracks, the paper's CLAP A-A);
+`fidelity`, the fraction of tracks the toy event classifier hears its caption's class in (the paper's CLAP T-A);
+`fd`, the Fréchet distance of the composites to those of the held-out clips' real stems (the clip without its
+noise floor, which no track carries), both at −20 LUFS.
 """
 import dataclasses
 import functools
@@ -150,14 +151,16 @@ def generate_tracks(predict, params, config, frames: np.ndarray, captions: list[
   return Tracks(np.stack(tracks, axis=1), np.stack(sources, axis=1) if with_sources else None)
 
 
-def track_scores(tracks: list, classes: list, composites: list, reference: list, classifier, sample_rate: int) -> dict:
+def track_scores(tracks: list, classes: list, composites: list, reference: list, real_tracks: list, classifier,
+                 sample_rate: int) -> dict:
   """`independence`, `fidelity` and `fd` (the module docstring) of each clip's `tracks[i] (K_i, L)` captioned with
-  `classes[i]`, their `composites[i] (L,)` and the real segments `reference` (two or more). The log-mel embeddings
-  (`metrics.foley.audio_embedding`) are centred on the mean over all the tracks scored, so that what every track
-  shares (the level of silence, the codec's floor) does not count as similarity."""
+  `classes[i]`, their `composites[i] (L,)`, the real clips `reference` (two or more) and the real tracks
+  `real_tracks` (per-class stems). The log-mel embeddings (`metrics.foley.audio_embedding`) are centred on the real
+  tracks' mean, a fixed point for every model scored on the same clips, so that what all tracks share (the level
+  of silence between events) does not count as similarity."""
   flat = [track for clip in tracks for track in clip]
   embeddings = foley_metrics.audio_embedding(flat, sample_rate)
-  embeddings -= embeddings.mean(0)
+  embeddings -= foley_metrics.audio_embedding(real_tracks, sample_rate).mean(0)
   embeddings /= np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
   cosines, first = [], 0
   for clip in tracks:
@@ -300,15 +303,13 @@ class StepByStepFoley(Task):
     return predict
 
   def evaluate(self, predict, params, source, config, workdir, step):
-    """Generates the tracks of every held-out clip's first half (`generate_tracks`, its `half_captions`) and writes
-    `eval.json`: "prediction" with `track_scores` (`independence`, `fidelity`, `fd`), "input" with those of the
-    tracks' sources x0 decoded, the guidance and the sampler.
-    The first `eval.num_samples` clips get `samples/<clip>/`: track_<k>.wav, mix.wav (the composite), target.wav
-    (the real segment) and captions.json."""
+    """Generates the tracks of every whole held-out clip (`generate_tracks`, one per caption of `class_captions`)
+    and writes `eval.json`: "prediction" with `track_scores` (`independence`, `fidelity`, `fd`), "input" with those
+    of the tracks' sources x0 decoded, the guidance and the sampler. The first `eval.num_samples` clips get
+    `samples/<clip>/`: track_<k>.wav, mix.wav (the composite), target.wav (the real clip) and captions.json."""
     clips, rate = source.clips, config.data.sample_rate
-    half = clips.num_samples // 2
     items = [clips[i] for i in range(len(clips))]
-    captions = [half_captions(clip, 0, rate, half) for clip in items]
+    captions = [clip["class_captions"] for clip in items]
     tracks, sources = [None] * len(items), [None] * len(items)
     size = config.eval.batch_size
     for k in sorted({len(c) for c in captions}):  # clips with K captions together, in batches of one shape
@@ -316,17 +317,19 @@ class StepByStepFoley(Task):
       for first in range(0, len(members), size):
         chunk = members[first:first + size]
         chunk_padded = chunk + chunk[-1:] * (size - len(chunk))
-        frames = np.stack([items[i]["frames"][:clips.num_frames // 2] for i in chunk_padded])
+        frames = np.stack([items[i]["frames"] for i in chunk_padded])
         out = generate_tracks(predict, params, config, frames, [[text for _, text in captions[i]]
                                                                 for i in chunk_padded], with_sources=True)
         for i, t, x0 in zip(chunk, out.audio, out.sources):
           tracks[i], sources[i] = t, x0
     mixes = [composite(t, rate) for t in tracks]
-    reference = [clip["audio"][:half] for clip in items]
+    reference = [composite(clip["stems"], rate) for clip in items]  # the real tracks' composite, without the noise
     classes = [[c for c, _ in cs] for cs in captions]
+    real_tracks = [clip["stems"][c] for clip, cs in zip(items, classes) for c in cs]
     classifier = _classifier(json.dumps(config.data.to_dict(), sort_keys=True))
-    scores = track_scores(tracks, classes, mixes, reference, classifier, rate)
-    inputs = track_scores(sources, classes, [composite(x0, rate) for x0 in sources], reference, classifier, rate)
+    scores = track_scores(tracks, classes, mixes, reference, real_tracks, classifier, rate)
+    inputs = track_scores(sources, classes, [composite(x0, rate) for x0 in sources], reference, real_tracks,
+                          classifier, rate)
     inference = config.inference
     report = {"prediction": scores, "input": inputs, "steps": int(step), "num_clips": len(items), "sample_rate": rate,
               "inference": {"guidance": inference.guidance, "alpha": float(inference.alpha),
@@ -338,7 +341,7 @@ class StepByStepFoley(Task):
       folder = os.path.join(workdir, "samples", clip["clip_id"])
       os.makedirs(folder, exist_ok=True)
       for name, wave in [*((f"track_{k + 1}", t) for k, t in enumerate(clip_tracks)), ("mix", mix),
-                         ("target", clip["audio"][:half])]:
+                         ("target", clip["audio"])]:
         sf.write(os.path.join(folder, f"{name}.wav"), np.clip(wave, -1, 1), rate)
       with open(os.path.join(folder, "captions.json"), "w") as f:
         json.dump([{"class": foley.CLASSES[c], "caption": text} for c, text in cs], f, indent=2)
