@@ -142,6 +142,12 @@ def test_the_base_learns_the_captioned_stem_and_trains_every_part():
   for part in ("text", "dit"):
     moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), start[part], state.params[part])
     assert any(jax.tree.leaves(moved)), part
+  # Joint-null dropout (MMAudio's u(∅, ∅)): a dropped example has neither its video nor its caption.
+  other = {**batch, "frames": batch["frames"][::-1], "tokens": batch["tokens"][::-1]}
+  for rate, same in ((1.0, True), (0.0, False)):
+    dropped = jax.jit(task.loss_fn(model, nag_config("toy", condition_dropout=rate)))
+    losses = [float(dropped(state.params, b, key)[0]) for b in (batch, other)]
+    assert (losses[0] == losses[1]) == same, (rate, losses)
 
 
 def _predict(config, model, params, batch, **inference):
