@@ -1,20 +1,25 @@
-"""`python -m avflow foley` with a tiny trained NAG run (the base, then the ControlNet from it, evaluated): one track
-per caption, the composite at −20 LUFS into the video and beside it; and its error messages."""
+"""The NAG table's rows trained by `ablate` (the base, then the ControlNet from it) and evaluated step by step; `python
+-m avflow foley` with the tiny ControlNet run: one track per caption, the composite at −20 LUFS into the video and
+beside it; and its error messages."""
 import json
 import os
 import subprocess
 import sys
 
 import av
+import jax
 import numpy as np
 import pytest
 import soundfile as sf
 
 import vaflow
 from conftest import ROOT, cli_error, tiny
-from test_nag import nag_config
 from test_video import make_video
+from test_nag import NAG_TINY
+from avflow import ablate
 from avflow.metrics.loudness import integrated_loudness
+from avflow.report.paper_tables import TABLES
+from avflow.train import checkpoint
 from avflow.train.loop import train
 
 SR = 8000
@@ -32,14 +37,25 @@ def _finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
   return done
 
 
+# The ablate rows the fixture runs: NAG (the ControlNet, which trains the base first) and plain CFG, which shares its
+# training run.
+ROWS = ("nag:control", "nag:cfg")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-  """Two steps of the base, two of the ControlNet from it (evaluated at its last step), an initialised VAFlow run."""
+  """`ablate` on two rows of the NAG table, two steps per stage (the base, then the ControlNet from it), and an
+  initialised VAFlow run."""
   root = tmp_path_factory.mktemp("foley")
-  train(nag_config("toy", total_steps=2, eval_every=100), str(root / "base"))
-  train(nag_config("toy_control", total_steps=2, eval_every=2, init_from=str(root / "base")), str(root / "control"))
+  overrides = {k: v for k, v in NAG_TINY.items() if k not in ("total_steps", "eval_every", "checkpoint_every")}
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setitem(TABLES["nag"], "rows", {k: TABLES["nag"]["rows"][k] for k in ROWS})
+    run = ablate.run_table("nag", "toy", [0], str(root / "ablate"), total_steps=2, overrides=overrides)
+    markdown = ablate.markdown(ablate.summarize("nag", "toy", [0], run, str(root / "ablate")))
   train(tiny(vaflow.get_config("toy_prior_frozen"), total_steps=0), str(root / "vaflow"))
-  return {name: str(root / name) for name in ("base", "control", "vaflow")}
+  control = run["runs"]["nag_toy_control/0"]
+  return {"control": control, "cfg": run["runs"]["nag_toy_cfg/0"], "base": checkpoint.load_config(control).init_from,
+          "vaflow": str(root / "vaflow"), "markdown": markdown, "wall": run["wall_s"]}
 
 
 @pytest.fixture(scope="module")
@@ -47,19 +63,37 @@ def silent(tmp_path_factory):
   return make_video(tmp_path_factory.mktemp("video") / "silent.mp4", seconds=SECONDS, fps=10)
 
 
-def test_the_control_run_is_evaluated_step_by_step(runs):
-  with open(os.path.join(runs["control"], "eval.json")) as f:
-    report = json.load(f)
-  scores = report["prediction"]
-  assert report["inference"]["guidance"] == "nag" and report["inference"]["beta"] == 1.5
-  assert 0.0 <= scores["fidelity"] <= 1.0 and np.isfinite(scores["fd"]) and scores["tracks"] >= report["num_clips"]
-  assert np.isnan(scores["independence"]) or -1.0 <= scores["independence"] <= 1.0
-  samples = os.path.join(runs["control"], "samples")
+def test_ablate_trains_the_base_then_the_controlnet_and_evaluates_each_row(runs):
+  assert runs["cfg"] == runs["control"] and runs["wall"]["nag_toy_cfg/0"]["reused"]
+  assert checkpoint.load_config(runs["base"]).model.stage == "base"
+  base, control = (checkpoint.load_params(runs[name]) for name in ("base", "control"))
+  assert set(base) == {"text", "dit"} and set(control) == {"text", "dit", "control"}
+  jax.tree.map(np.testing.assert_array_equal, base["dit"], control["dit"])  # the base stays frozen
+  reports = {}
+  for row in ("control", "cfg"):
+    with open(os.path.join(runs["control"], f"eval_nag_toy_{row}", "eval.json")) as f:
+      reports[row] = json.load(f)
+  assert reports["control"]["inference"]["guidance"] == "nag" and reports["control"]["inference"]["beta"] == 1.5
+  assert reports["cfg"]["inference"] == {**reports["control"]["inference"], "guidance": "cfg", "beta": 0.0}
+  for report in reports.values():
+    scores = report["prediction"]
+    assert 0.0 <= scores["fidelity"] <= 1.0 and np.isfinite(scores["fd"]) and scores["tracks"] >= report["num_clips"]
+    assert np.isnan(scores["independence"]) or -1.0 <= scores["independence"] <= 1.0
+  samples = os.path.join(runs["control"], "eval_nag_toy_control", "samples")
   (clip,) = os.listdir(samples)
   captions = json.load(open(os.path.join(samples, clip, "captions.json")))
   names = sorted(os.listdir(os.path.join(samples, clip)))
   assert names == sorted(["captions.json", "mix.wav", "target.wav", *(f"track_{k + 1}.wav"
                                                                     for k in range(len(captions)))])
+
+
+def test_the_table_prints_the_papers_table_2_beside_ours(runs):
+  lines = runs["markdown"].splitlines()
+  header = next(line for line in lines if line.startswith("| row |"))
+  assert "| INDEPENDENCE ours | FIDELITY ours | FD ours | INDEPENDENCE per seed | CLAP AA paper |" in header
+  nag = next(line for line in lines if line.startswith("| NAG, α = 4.5, β = 1.5 (Table 2, Ours) |"))
+  assert nag.endswith("| 74.74 | 12.00 | 28.79 | 26.44 |")
+  assert any(line.startswith("Input (the tracks' sources x0 decoded, before any flow step): ") for line in lines)
 
 
 def test_foley_writes_each_track_and_the_mix_into_the_video(runs, silent, tmp_path):
