@@ -33,7 +33,7 @@ flags.DEFINE_enum("guidance", None, list(GUIDANCES), "How tracks 2..K avoid the 
                   "inference.guidance.")
 flags.DEFINE_float("alpha", None, "Guidance scale α (Eq. 3, 9); default: the run's inference.alpha.")
 flags.DEFINE_float("beta", None, "Negative audio guidance scale β (Eq. 9); default: the run's inference.beta.")
-flags.DEFINE_integer("steps", None, "Euler steps; default: the run's inference.num_steps.")
+flags.DEFINE_integer("steps", None, "Steps of the run's grid solver; default: the run's inference.num_steps.")
 flags.DEFINE_integer("seed", None, "Seed of every track's source sample x0; default: the run's inference.seed.")
 
 

@@ -50,7 +50,7 @@ from avflow.metrics.loudness import integrated_loudness
 from avflow.models.v2a import nag
 from avflow.models.v2a.nag import NAGFoley, tokenize
 from avflow.tasks.base import Task
-from avflow.tasks.v2a import SOLVERS, Generation, decode, encode, make_codec, num_samples
+from avflow.tasks.v2a import Generation, decode, encode, make_codec, num_samples
 
 GUIDANCES = ("cfg", "negative_prompt", "nag")
 PAIR_STREAM = 3  # the last entry of a pair's seed: which half is the target and which class it captions
@@ -63,9 +63,9 @@ def check_config(config) -> None:
   if config.codec.n_mels != config.model.latent_dim:
     raise ValueError(f"model.latent_dim={config.model.latent_dim}, but the codec's latent has codec.n_mels="
                      f"{config.codec.n_mels} channels")
-  if config.inference.method not in SOLVERS or config.inference.method == "dopri5":
+  if config.inference.method not in flow.solvers.METHODS:
     raise ValueError(f"inference.method={config.inference.method!r}; expected a grid solver, one of "
-                     f"{SOLVERS[:-1]}")
+                     f"{flow.solvers.METHODS}")
   if config.data.text_tokens != config.model.text.tokens:
     raise ValueError(f"data.text_tokens={config.data.text_tokens}, but the text encoder reads model.text.tokens="
                      f"{config.model.text.tokens} word ids")
@@ -284,6 +284,7 @@ class StepByStepFoley(Task):
       base = lambda x, t, c: model.apply(variables, x, t, c, method=NAGFoley.velocity)
       conditional = _cond(video, tokens, False, False)
       if inference.guidance == "nag" and "condition_audio" in batch:
+        # The same method, another function object: `combine` gives the ControlNet branch a call of its own.
         control = lambda x, t, c: model.apply(variables, x, t, c, method=NAGFoley.velocity)
         audio = encode(config, codec, batch["condition_audio"])
         weights = guidance.nag(alpha, beta)
