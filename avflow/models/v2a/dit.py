@@ -36,7 +36,8 @@ Choices the paper leaves open (it gives neither layer counts nor widths):
 - The blocks are `avflow.nn.attention.BasicTransformerBlock`s: bias-free q/k/v, LayerNorms with bias, a GEGLU
   feed-forward of 4·width (Stable Audio Open gates with SiLU; the parameter count is the same).
 - The output projection is zero-initialised after a final LayerNorm, so v = 0 at initialisation.
-The blocks run as one `nn.scan` (parameters stacked along a leading `depth` axis).
+The blocks run as one `nn.scan` (parameters stacked along a leading `depth` axis). `residuals (depth, B, T_a + 1,
+width)`, optional, are added to the blocks' outputs, one slice per block (NAG's ControlNet features, Sec. 3.3).
 """
 from typing import Optional
 
@@ -84,9 +85,11 @@ class VelocityDiT(nn.Module):
   cfg: ml_collections.ConfigDict
 
   @nn.compact
-  def __call__(self, x_t: jax.Array, t: jax.Array, video: jax.Array, drop: Optional[jax.Array] = None) -> jax.Array:
+  def __call__(self, x_t: jax.Array, t: jax.Array, video: jax.Array, drop: Optional[jax.Array] = None,
+               residuals: Optional[jax.Array] = None) -> jax.Array:
     """`x_t (B, T_a, D_a)`, `t (B,)` in [0, 1], `video (B, T_v, D_v)`, `drop (B,)` bool (True: the null condition
-    ∅ instead of `video`) -> the velocity `(B, T_a, D_a)`."""
+    ∅ instead of `video`), `residuals (depth, B, T_a + 1, width)` added to the blocks' outputs -> the velocity
+    `(B, T_a, D_a)`."""
     cfg = self.cfg
     d_head = _check_config(cfg)
     b, frames, _ = x_t.shape
@@ -111,9 +114,18 @@ class VelocityDiT(nn.Module):
     tau = nn.Dense(cfg.width, name="time_mlp_1")(nn.silu(tau))
     h = jnp.concatenate([h, tau[:, None, :]], axis=1)
     blocks = BasicTransformerBlock(cfg.heads, d_head, cfg.rope_dim, cfg.rope_base, name="blocks")
-    scan = nn.scan(lambda block, carry, context: (block(carry, context), None), variable_axes={"params": 0},
-                   split_rngs={"params": True}, in_axes=nn.broadcast, length=cfg.depth)
-    h, _ = scan(blocks, h, video if cfg.get("cross_attention", True) else jnp.broadcast_to(null, video.shape))
+    context = video if cfg.get("cross_attention", True) else jnp.broadcast_to(null, video.shape)
+    if residuals is None:
+      scan = nn.scan(lambda block, carry, context: (block(carry, context), None), variable_axes={"params": 0},
+                     split_rngs={"params": True}, in_axes=nn.broadcast, length=cfg.depth)
+      h, _ = scan(blocks, h, context)
+    else:
+      if residuals.shape != (cfg.depth, *h.shape):
+        raise ValueError(f"residuals must be {(cfg.depth, *h.shape)} (model.depth, B, T_a + 1, width), got "
+                         f"{residuals.shape}")
+      scan = nn.scan(lambda block, carry, context, r: (block(carry, context) + r, None), variable_axes={"params": 0},
+                     split_rngs={"params": True}, in_axes=(nn.broadcast, 0), length=cfg.depth)
+      h, _ = scan(blocks, h, context, residuals.astype(h.dtype))
     zeros = nn.initializers.zeros_init()
     out = nn.Dense(cfg.latent_dim, kernel_init=zeros, bias_init=zeros, name="output_proj")
     return out(layer_norm("norm_out")(h[:, :frames]))
