@@ -11,6 +11,7 @@ COMMANDS = {
     "highlight": "rebalance a soundtrack with a trained model",
     "separate": "separate the sound of the source a video shows from a mixture (DAVIS-Flow, DAVIS)",
     "generate": "generate the soundtrack of a silent video (VAFlow)",
+    "foley": "generate a video's sounds one track per caption, each steered away from the ones before (NAG)",
     "prepare": "turn real clips (Muddy Mix folders, or videos + stems) into training records",
     "ablate": "train and evaluate every row of a paper table; write docs/results/table<T>_<scale>.md",
     "import": "turn a public PyTorch checkpoint (VisAH, DAVIS) or an `export --format=torch` file into a run",

@@ -230,12 +230,13 @@ def separation_config(scale: str, method: str) -> ml_collections.ConfigDict:
 # 300K steps without joint tuning and 170K + 130K with it. Every other number is a choice.
 _V2A_SCHEDULE = {
     "toy": {"prior": (400, 32, 400, 400, 25, 2e-3, 20), "estimator": (1500, 16, 1500, 500, 25, 1e-3, 50),
-            "joint": (500, 16, 500, 500, 25, 2e-4, 0)},
+            "joint": (500, 16, 500, 500, 25, 2e-4, 0), "vama": (600, 16, 600, 300, 25, 1e-3, 50)},
     "small": {"prior": (20_000, 64, 5000, 5000, 100, 3e-4, 500), "estimator": (100_000, 64, 10_000, 5000, 100, 1e-4, 1000),
-              "joint": (50_000, 64, 10_000, 5000, 100, 5e-5, 0)},
+              "joint": (50_000, 64, 10_000, 5000, 100, 5e-5, 0), "vama": (20_000, 64, 5000, 5000, 100, 3e-4, 500)},
     "paper": {"prior": (100_000, 128, 10_000, 10_000, 100, 3e-4, 1000),
               "estimator": (300_000, 128, 20_000, 10_000, 100, 1e-4, 2000),
-              "joint": (130_000, 128, 20_000, 10_000, 100, 5e-5, 0)},
+              "joint": (130_000, 128, 20_000, 10_000, 100, 5e-5, 0),
+              "vama": (100_000, 128, 10_000, 10_000, 100, 1e-4, 1000)},  # Foley-Flow: Adam, lr 1e-4, batch 128
 }
 V2A_SCALES = tuple(_V2A_SCHEDULE)
 # The toy foley data per scale: (sample rate, clip seconds, frames per second, events per clip at most, colour grid,
@@ -248,7 +249,8 @@ _V2A_DATA = {
 
 
 def set_v2a_schedule(c: ml_collections.ConfigDict, scale: str, stage: str) -> None:
-  """The schedule and Adam settings of one VAFlow stage ("prior", "estimator", "joint") at `scale`."""
+  """The schedule and Adam settings of one V2A stage ("prior", "estimator", "joint", Foley-Flow's "vama") at
+  `scale`."""
   (c.total_steps, c.batch_size, c.eval_every, c.checkpoint_every, c.log_every, c.optimizer.learning_rate,
    c.optimizer.warmup_steps) = _V2A_SCHEDULE[scale][stage]
 
@@ -288,8 +290,12 @@ def v2a_config(scale: str) -> ml_collections.ConfigDict:
   c.model.prior = ml_collections.ConfigDict({k: v for k, v in v2a_presets.prior_config(scale).items()
                                              if k not in ("video_dim", "latent_dim")})
   c.model.source = "prior"  # or "gaussian" (x0 ~ 𝒩(0, I))
-  c.model.stage = "prior"  # "prior" (Eq. 7), "estimator" (Eq. 8, VAE frozen) or "joint" (Eq. 9)
+  c.model.stage = "prior"  # "prior" (Eq. 7), "estimator" (Eq. 8, VAE frozen), "joint" (Eq. 9) or "vama"
   c.model.cross_attention = True
+  c.model.video_injection = "none"  # or "dynamic" / "global": x_v added to the DiT's latent tokens (Foley-Flow)
+  # Foley-Flow's masked alignment (stage "vama") and, with aligned_video, the DiT conditioned on its video encoder.
+  c.model.vama = v2a_presets.vama_config(scale)
+  c.model.aligned_video = False
   c.prior_loss = ml_collections.ConfigDict(dataclasses.asdict(PriorLossConfig()))
   # Eq. 8: t ~ U(0, 1), the straight path from x0, L2 on the velocity; no rollout.
   c.objective = ml_collections.ConfigDict(dataclasses.asdict(ObjectiveConfig(rollout_weight=0.0,
@@ -315,15 +321,15 @@ def v2a_parent(rows: dict, variant: str) -> str | None:
   return None if parent is None else scale + (f"_{parent}" if parent else "")
 
 
-def v2a_variant(file: str, rows: dict, arg: str):
-  """The variant `arg` of a VAFlow config file: its scale's config with the row's fields ({dotted path: value},
-  the second entry of `rows[row]`) set, then the schedule of its stage (`set_v2a_schedule`)."""
+def v2a_variant(file: str, rows: dict, arg: str, base: dict | None = None):
+  """The variant `arg` of a V2A config file: its scale's config with the file's `base` fields and then the row's
+  ({dotted path: value}, the second entry of `rows[row]`) set, then the schedule of its stage (`set_v2a_schedule`)."""
   variant = arg or "toy"
   if variant not in v2a_variants(rows):
     raise ValueError(f"unknown variant {variant!r} of {file}; expected one of {', '.join(v2a_variants(rows))}")
   scale, _, row = variant.partition("_")
   config = v2a_config(scale)
-  for path, value in (rows[row][1] if row else {}).items():
+  for path, value in {**(base or {}), **(rows[row][1] if row else {})}.items():
     set_field(config, path, value)
   set_v2a_schedule(config, scale, config.model.stage)
   return config

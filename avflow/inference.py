@@ -28,9 +28,9 @@ from avflow.train.step import jit, make_predict_fn
 
 # Task name (`Task.name`) → the runs it trains, for the message that refuses a run of the other task.
 RUN_KINDS = {"highlight": "highlighting run (VisAH-FM, VisAH)", "separate": "separation run (DAVIS-Flow, DAVIS)",
-             "v2a": "video-to-audio run (VAFlow)"}
+             "v2a": "video-to-audio run (VAFlow)", "nag": "step-by-step foley run (NAG)"}
 # Task name → the command that runs its runs on a video.
-RUN_COMMANDS = {"highlight": "highlight", "separate": "separate", "v2a": "generate"}
+RUN_COMMANDS = {"highlight": "highlight", "separate": "separate", "v2a": "generate", "nag": "foley"}
 
 
 @dataclasses.dataclass

@@ -29,7 +29,7 @@ def test_shapes_dtypes_levels_and_captions(val_clips):
   assert len(ds) == 40 and ds.visible_frames == 2 and ds.capacity == 3
   counts = set()
   for clip in val_clips:
-    assert set(clip) == {"clip_id", "audio", "frames", "events", "caption"}
+    assert set(clip) == {"clip_id", "audio", "frames", "events", "caption", "class_captions", "stems", "noise"}
     assert clip["audio"].shape == (2 * SR,) and clip["audio"].dtype == np.float32
     assert clip["frames"].shape == (2 * FPS, 32, 32, 3) and clip["frames"].dtype == np.uint8
     assert 0.3 <= np.max(np.abs(clip["audio"])) < 0.9
@@ -126,3 +126,23 @@ def test_errors():
     foley.ToyFoley(frames_per_second=2)
   with pytest.raises(ValueError, match="max_events=0"):
     foley.ToyFoley(max_events=0)
+
+
+def test_stems_hold_each_class_alone_and_sum_with_the_noise_to_the_audio(val_clips):
+  """NAG's tracks: one stem per class, its events' sounds alone; the stems and the noise floor add up to the audio."""
+  length = val_clips[0]["audio"].size
+  for clip in val_clips:
+    stems, noise = clip["stems"], clip["noise"]
+    assert stems.shape == (len(foley.CLASSES), length) and stems.dtype == noise.dtype == np.float32
+    np.testing.assert_allclose(noise + stems.sum(0), clip["audio"], rtol=0, atol=1e-7)
+    assert np.all(np.count_nonzero(stems, axis=0) <= 1)  # sounds never overlap
+    for c in range(len(foley.CLASSES)):
+      spans = np.zeros(length, bool)
+      for time, k in clip["events"]:
+        if k == c:
+          spans[int(round(time * SR)):int(round((time + foley.EVENT_SECONDS) * SR))] = True
+      assert not np.any(stems[c][~spans]) and (np.any(stems[c]) == spans.any())
+    assert [k for k, _ in clip["class_captions"]] == list(dict.fromkeys(k for _, k in clip["events"]))
+    assert ", then ".join(text for _, text in clip["class_captions"]) == clip["caption"]
+  assert foley.class_captions([1, 0, 1]) == [(1, "a drum is hit twice"), (0, "a bell rings")]
+

@@ -10,7 +10,7 @@ import pytest
 
 from avflow.models.v2a import presets
 from avflow.models.v2a.codec import MelCodec
-from avflow.models.v2a.dit import VelocityDiT, parameter_counts
+from avflow.models.v2a.dit import VelocityDiT, injected_video, parameter_counts
 from avflow.nn.attention import Attention
 from avflow.nn.embeddings import rotary_embedding
 
@@ -198,3 +198,92 @@ def test_config_and_input_errors():
     VelocityDiT(cfg).init(jax.random.key(0), x_t, t, video[..., :8])
   with pytest.raises(ValueError, match="unknown VAFlow scale"):
     presets.model_config("huge")
+
+
+def _injection_cfg(injection: str, cross_attention: bool = True):
+  cfg = presets.model_config("toy")
+  cfg.video_injection = injection
+  cfg.cross_attention = cross_attention
+  return cfg
+
+
+def _numpy_resample(video: np.ndarray, frames: int) -> np.ndarray:
+  """Linear interpolation in time, written with np.interp: latent frame i at (i + ½)·T_v/T_a − ½, clamped."""
+  positions = np.clip((np.arange(frames) + 0.5) * video.shape[1] / frames - 0.5, 0, video.shape[1] - 1)
+  grid = np.arange(video.shape[1])
+  return np.stack([np.stack([np.interp(positions, grid, v[:, c]) for c in range(v.shape[1])], -1) for v in video])
+
+
+def test_injected_video_is_linear_interpolation_or_the_mean():
+  video = np.random.default_rng(0).standard_normal((2, 5, 3)).astype(np.float32)
+  for frames in (13, 5, 3):
+    np.testing.assert_allclose(injected_video(jnp.asarray(video), frames, "dynamic"), _numpy_resample(video, frames),
+                               rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(injected_video(jnp.asarray(video), 13, "global"), video.mean(1, keepdims=True),
+                             rtol=1e-6)
+  with pytest.raises(ValueError, match="model.video_injection='none' injects nothing"):
+    injected_video(jnp.asarray(video), 13, "none")
+  with pytest.raises(ValueError, match="model.video_injection='frames'; expected one of"):
+    VelocityDiT(_injection_cfg("frames")).init(jax.random.key(0), *_inputs(presets.model_config("toy")))
+
+
+@pytest.mark.parametrize("injection", ["dynamic", "global"])
+def test_injection_starts_as_the_model_without_it(injection):
+  """The zero-initialised projection is the only new parameter; with it the velocity is the un-injected one's to the
+  bit (the output projection given weights so that the velocity is not 0)."""
+  cfg = _injection_cfg(injection)
+  inputs = _inputs(cfg)
+  with_injection = VelocityDiT(cfg).init(jax.random.key(0), *inputs)["params"]
+  without = VelocityDiT(presets.model_config("toy")).init(jax.random.key(0), *inputs)["params"]
+  assert set(with_injection) - set(without) == {"video_proj"} and set(with_injection["video_proj"]) == {"kernel"}
+  np.testing.assert_array_equal(with_injection["video_proj"]["kernel"], 0.0)
+  out = 0.1 * jax.random.normal(jax.random.key(5), without["output_proj"]["kernel"].shape)
+  for params in (with_injection, without):
+    params["output_proj"]["kernel"] = out
+  v = VelocityDiT(presets.model_config("toy")).apply({"params": without}, *inputs)
+  assert np.abs(v).max() > 1e-3
+  np.testing.assert_array_equal(VelocityDiT(cfg).apply({"params": with_injection}, *inputs), v)
+  assert parameter_counts(cfg)["injection"] == cfg.video_dim * cfg.width
+
+
+def _injected_term(cfg, params, x_t, t, video, drop=None):
+  """The term `video_proj` adds to the latent tokens, read from the model's intermediates."""
+  _, state = VelocityDiT(cfg).apply(params, x_t, t, video, drop, capture_intermediates=True,
+                                    mutable=["intermediates"])
+  return np.asarray(state["intermediates"]["video_proj"]["__call__"][0])
+
+
+def test_dynamic_term_at_a_latent_frame_reads_the_two_video_frames_around_it():
+  cfg = _injection_cfg("dynamic", cross_attention=False)
+  x_t, t, video = _inputs(cfg, frames=13, video_frames=4)
+  params = _random_params(cfg, x_t, t, video)
+  term = _injected_term(cfg, params, x_t, t, video)
+  assert term.shape == (2, 13, cfg.width)
+  positions = np.clip((np.arange(13) + 0.5) * 4 / 13 - 0.5, 0, 3)
+  for frame in range(4):
+    moved = _injected_term(cfg, params, x_t, t, video.at[:, frame].add(1.0))
+    changed = np.flatnonzero(np.abs(moved - term).max(axis=(0, 2)) > 1e-6)
+    around = np.flatnonzero((np.floor(positions) == frame) | ((np.ceil(positions) == frame) & (positions % 1 > 0)))
+    np.testing.assert_array_equal(changed, around)
+  # The null condition injects exactly zero; without cross-attention the injection is the video's only path.
+  dropped = _injected_term(cfg, params, x_t, t, video, jnp.array([True, False]))
+  np.testing.assert_array_equal(dropped[0], 0.0)
+  np.testing.assert_array_equal(dropped[1], term[1])
+  apply = VelocityDiT(cfg).apply
+  assert np.abs(apply(params, x_t, t, video) - apply(params, x_t, t, 2 * video)).max() > 1e-3
+  no_path = _injection_cfg("none", cross_attention=False)
+  base = {"params": {k: v for k, v in params["params"].items() if k != "video_proj"}}
+  np.testing.assert_array_equal(VelocityDiT(no_path).apply(base, x_t, t, video),
+                                VelocityDiT(no_path).apply(base, x_t, t, 2 * video))
+
+
+def test_global_term_is_the_same_at_every_latent_frame_and_reads_every_video_frame():
+  cfg = _injection_cfg("global", cross_attention=False)
+  x_t, t, video = _inputs(cfg, frames=13, video_frames=4)
+  params = _random_params(cfg, x_t, t, video)
+  term = _injected_term(cfg, params, x_t, t, video)
+  assert term.shape == (2, 1, cfg.width)  # one vector, broadcast over the 13 latent tokens
+  expected = video.mean(axis=1, keepdims=True) @ params["params"]["video_proj"]["kernel"]
+  np.testing.assert_allclose(term, expected, rtol=1e-5, atol=1e-5)
+  for frame in range(4):
+    assert np.abs(_injected_term(cfg, params, x_t, t, video.at[:, frame].add(1.0)) - term).min() > 0

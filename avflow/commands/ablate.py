@@ -10,7 +10,8 @@ from avflow import ablate
 from avflow.commands import no_arguments, parse_flags  # noqa: F401
 from avflow.train.evaluate import check_semantic
 
-flags.DEFINE_string("table", None, "Paper table number (1–11).", required=True)
+flags.DEFINE_string("table", None, "A table: VisAH-FM's by number (1–11) or another system's by name (davis, "
+                    "vaflow, nag, foleyflow).", required=True)
 flags.DEFINE_enum("scale", "toy", ["toy", "small", "paper"], "Config scale of every row.")
 flags.DEFINE_list("seeds", ["0"], "Training seeds.")
 flags.DEFINE_integer("total_steps", None, "Override every row's total_steps (to fit a time budget).")

@@ -20,7 +20,7 @@ import soundfile as sf
 from absl import flags
 
 from avflow.commands import parse_flags  # noqa: F401
-from avflow.data.video import AUDIO_EXTENSIONS, read_video, write_video_with_audio
+from avflow.data.video import AUDIO_EXTENSIONS, VIDEO_OUTPUTS, read_video, write_video_with_audio
 from avflow.errors import AvflowError, UsageError
 from avflow.inference import generate, load_run, speed_line
 from avflow.outputs import check_output, staged_file
@@ -35,8 +35,6 @@ flags.DEFINE_integer("steps", None, "Steps of a grid solver (euler, midpoint, he
                      "inference.num_steps.")
 flags.DEFINE_enum("solver", None, list(SOLVERS), "ODE solver; default: the run's inference.method.")
 flags.DEFINE_integer("seed", None, "Seed of the source sample x0; default: the run's inference.seed.")
-
-VIDEO_OUTPUTS = (".mp4", ".m4v", ".mov", ".mkv")  # containers that take the copied picture stream and AAC audio
 
 
 def _overrides(f) -> dict:

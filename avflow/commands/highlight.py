@@ -21,8 +21,8 @@ import soundfile as sf
 from absl import flags
 
 from avflow.commands import parse_flags  # noqa: F401
-from avflow.data.video import (AAC_BITRATE, AUDIO_EXTENSIONS, VideoError, mono_resample, read_audio, read_frames,
-                               read_video, write_video_with_audio)
+from avflow.data.video import (AAC_BITRATE, AUDIO_EXTENSIONS, VIDEO_OUTPUTS, VideoError, mono_resample, read_audio,
+                               read_frames, read_video, write_video_with_audio)
 from avflow.errors import UsageError
 from avflow.inference import CHANNEL_MODES, describe_change, in_input_format, load_run, rebalance, speed_line
 from avflow.outputs import check_output, staged_file
@@ -38,8 +38,6 @@ flags.DEFINE_string("text_encoder", None, "For --caption: the local T5 encoder f
 flags.DEFINE_float("memory_budget", 2.0, "GiB of activations one model call may use: the windows of a long input "
                    "go through the model in batches that fit (0: one window at a time).")
 flags.DEFINE_enum("channels", "copy", list(CHANNEL_MODES), "; ".join(f"{k}: {v}" for k, v in CHANNEL_MODES.items()))
-
-VIDEO_OUTPUTS = (".mp4", ".m4v", ".mov", ".mkv")  # containers that take the copied picture stream and AAC audio
 
 
 def _fail(message: str):

@@ -14,8 +14,10 @@ object (a shape and colour of its own class, `SHAPES`, `COLOURS`) appears at a r
 Onsets sit on the frame grid and at least `MIN_GAP_SECONDS` apart, so the frames give every event's time and class
 exactly; what the audio carries beyond them (pitch, decay, click rate, sweep, the event's level, a faint noise floor)
 is drawn at random, independently of the frames, so audio can only be matched to a clip by watching it. Each clip
-also has a caption naming its events, e.g. "a bell rings twice, then a drum is hit". Everything is deterministic in
-`(seed, split, index)` and vectorized numpy.
+also has a caption naming its events, e.g. "a bell rings twice, then a drum is hit", and one caption per class it
+holds ("a bell rings twice"; `class_captions`). Its audio is the noise floor plus one stem per class, the sounds of
+that class's events alone (step-by-step foley, NAG, generates them one track at a time). Everything is deterministic
+in `(seed, split, index)` and vectorized numpy.
 """
 import math
 import operator
@@ -42,8 +44,11 @@ class ToyFoley:
   """Indexable toy foley clips; `ToyFoley(num_clips=..., split=...)[i]` is a dict:
 
   `clip_id` (str), `audio` (L,) float32, `frames` (F, H, W, 3) uint8 (frame f shows the time f / fps), `events` (a
-  list of (time_s, class) with class an index into `CLASSES`, in time order) and `caption` (str). Different splits
-  never share clips.
+  list of (time_s, class) with class an index into `CLASSES`, in time order), `caption` (str), `class_captions` (a
+  list of (class, caption), one per class of the clip in order of first appearance), `stems` (len(CLASSES), L)
+  float32 (each class's sounds alone, silent for the classes the clip lacks) and `noise` (L,) float32 (the noise
+  floor): `audio` is `noise + stems.sum(0)` rounded to float32 once, as sounds never overlap. Different splits never
+  share clips.
   """
 
   def __init__(self, sample_rate: int = MIN_SAMPLE_RATE, clip_seconds: float = 2.0, frames_per_second: float = 8,
@@ -91,14 +96,17 @@ class ToyFoley:
     onsets = self._onset_frames(rng)
     classes = rng.integers(len(CLASSES), size=onsets.size)
     sr, fps = self.sample_rate, self.frames_per_second
-    audio = rng.uniform(*NOISE_FLOOR) * rng.standard_normal(self.num_samples)
+    noise = rng.uniform(*NOISE_FLOOR) * rng.standard_normal(self.num_samples)
+    stems = np.zeros((len(CLASSES), self.num_samples))
     for k, c in zip(onsets, classes):
       a = int(round(k / fps * sr))
       sound = SOUNDS[c](rng, sr, min(int(EVENT_SECONDS * sr), self.num_samples - a))
-      audio[a:a + sound.size] += rng.uniform(*EVENT_PEAK) / np.max(np.abs(sound)) * sound
+      stems[c, a:a + sound.size] += rng.uniform(*EVENT_PEAK) / np.max(np.abs(sound)) * sound
     events = [(float(k / fps), int(c)) for k, c in zip(onsets, classes)]
-    return dict(clip_id=f"foley-{self.split}-s{self.seed}-{i:06d}", audio=audio.astype(np.float32),
-                frames=self._frames(rng, onsets, classes), events=events, caption=caption([c for _, c in events]))
+    return dict(clip_id=f"foley-{self.split}-s{self.seed}-{i:06d}", audio=(noise + stems.sum(0)).astype(np.float32),
+                frames=self._frames(rng, onsets, classes), events=events, caption=caption([c for _, c in events]),
+                class_captions=class_captions([c for _, c in events]), stems=stems.astype(np.float32),
+                noise=noise.astype(np.float32))
 
   def _onset_frames(self, rng) -> np.ndarray:
     """Onset frames of 1..capacity events (count uniform), uniform over the sets at least `gap_frames` apart."""
@@ -123,12 +131,18 @@ class ToyFoley:
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
-def caption(classes) -> str:
-  """The caption of a clip whose events have `classes` in time order: each class once, in order of first appearance,
-  with its count, e.g. "a bell rings twice, then a drum is hit"."""
+def class_captions(classes) -> list[tuple[int, str]]:
+  """(class, its caption) for each class of a clip whose events have `classes` in time order, in order of first
+  appearance, with the class's count, e.g. [(0, "a bell rings twice"), (1, "a drum is hit")]."""
   order = list(dict.fromkeys(int(c) for c in classes))
   counts = [sum(int(c) == k for c in classes) for k in order]
-  return ", then ".join(PHRASES[k] + TIMES.get(n, f" {n} times") for k, n in zip(order, counts))
+  return [(k, PHRASES[k] + TIMES.get(n, f" {n} times")) for k, n in zip(order, counts)]
+
+
+def caption(classes) -> str:
+  """The caption of a clip whose events have `classes` in time order: its `class_captions` joined, e.g. "a bell
+  rings twice, then a drum is hit"."""
+  return ", then ".join(text for _, text in class_captions(classes))
 
 
 def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ AAC_BITRATE = 192_000
 FALLBACK_VIDEO_CODEC = "libx264"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff")  # inputs the commands read as audio, not video
+VIDEO_OUTPUTS = (".mp4", ".m4v", ".mov", ".mkv")  # containers that take the copied picture stream and AAC audio
 
 
 class VideoError(AvflowError, ValueError):

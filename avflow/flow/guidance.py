@@ -6,6 +6,7 @@ with the tuple of branch conditions as its condition. The presets give the weigh
 
   VAFlow (Eq. 10)   `cfg(γ)`          (c, ∅):        (1+γ)·v(c) − γ·v(∅)
   MMAudio           `mmaudio_cfg(w)`  (c, ∅):        w·v(c) + (1−w)·v(∅)
+  negative prompt   `negative_prompt(w)` (VC, ∅C_neg): w·u(V,C) + (1−w)·u(∅,C_neg)
   NAG (Eq. 9)       `nag(α, β)`       (VC, ∅∅, V∅a): (α+β)·u(V,C) + (1−α)·u(∅,∅) − β·u_{θ,ψ}(V,∅,a)
 
 e.g. `field = combine([(v, w) for w in cfg(γ)])` integrated with the condition `(c, null_condition(c))`. A null
@@ -30,6 +31,13 @@ def cfg(gamma: float) -> tuple[float, float]:
 def mmaudio_cfg(w: float) -> tuple[float, float]:
   """MMAudio's guidance w·v(c) + (1−w)·v(∅) (NAG Eq. 3, λ = w; 4.5 by default): weights of (c, ∅); cfg(w − 1)."""
   return w, 1.0 - w
+
+
+def negative_prompt(w: float) -> tuple[float, float]:
+  """The negative-prompting baseline of NAG (Sec. 4, MMAudio's negative text in its empty branch): ũ = u(∅,C_neg) +
+  w·(u(V,C) − u(∅,C_neg)), weights of (VC, ∅C_neg), C_neg the captions of the tracks so far; `mmaudio_cfg(w)` with
+  the null branch keeping the negative text."""
+  return mmaudio_cfg(w)
 
 
 def nag(alpha: float, beta: float) -> tuple[float, float, float]:

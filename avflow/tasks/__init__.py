@@ -5,6 +5,7 @@
   flow, regression  highlight (VisAH-FM, VisAH): a poorly balanced mix x0 → the well-balanced x1
   separate          separation (DAVIS-Flow, DAVIS): a mixture and one video's frames → that video's sound
   v2a               video-to-audio generation (VAFlow): a clip's frames → its audio
+  nag               step-by-step video-to-audio (NAG): a clip's frames and one caption per track → K tracks
 """
 import importlib
 
@@ -12,7 +13,7 @@ from avflow.tasks.base import Task
 
 # config.task → (module under avflow.tasks, its Task), imported on first use so that one system never loads another.
 TASKS = {"flow": ("highlight", "FLOW"), "regression": ("highlight", "REGRESSION"), "separate": ("separate", "SEPARATE"),
-         "v2a": ("v2a", "V2A")}
+         "v2a": ("v2a", "V2A"), "nag": ("nag", "NAG")}
 
 
 def get(config) -> Task:

@@ -11,13 +11,17 @@ lie around −0.37 ± 0.15, far narrower than a 𝒩(0, I) source), and the fram
              (`config.objective`), with x0 = x_v^AE ~ 𝒩(μ, σ²) of the frozen VAE (`model.source="prior"`) or
              x0 ~ 𝒩(0, I) (`"gaussian"`)
   joint      Eq. 9: λ_KL·KL + the velocity loss, the VAE's encoder trained through x_v^AE
+  vama       Foley-Flow's masked alignment L_VAMA (its Eq. 4, `models.v2a.vama`): `model.vama.ratio` of the
+             segments of x_a masked per example, reconstructed from the rest and the video encoder's frame tokens
 
-each starting from the previous stage's run (`config.init_from`). The DiT's condition x_v is replaced by the null
+each starting from the previous stage's run (`config.init_from`); a Gaussian-source estimator with
+`model.aligned_video` reads the frozen video encoder of a VAMA run. The DiT's condition x_v is replaced by the null
 condition ∅ for a fraction `config.condition_dropout` (10 %) of the examples. Sampling draws x0 once (the prior's ε
 or the Gaussian noise from `inference.seed`) and integrates the CFG field (Eq. 10) (1 + γ)·v(x_t, t, x_v) −
 γ·v(x_t, t, ∅) from it, both branches from the same prior sample in one batched call (`flow.guidance`); γ = 0,
-or a model without cross-attention, integrates v(x_t, t, x_v) alone. Solvers: Euler, midpoint or Heun on
-`inference.num_steps` steps, or adaptive dopri5 (`inference.rtol`, `atol`).
+or a DiT that does not read the video (no cross-attention, no `model.video_injection`), integrates v(x_t, t, x_v)
+alone. Solvers: Euler, midpoint or Heun on `inference.num_steps` steps, or adaptive dopri5 (`inference.rtol`,
+`atol`).
 
 Evaluation generates the held-out clips, decodes them with the codec and scores them with `metrics.foley`: onset
 sync against the events the frames show, event-class accuracy of a classifier trained on real toy train audio,
@@ -45,6 +49,7 @@ from avflow.models.v2a import vaflow
 from avflow.models.v2a.codec import MelCodec
 from avflow.models.v2a.prior import reparameterize
 from avflow.models.v2a.prior_losses import PriorLossConfig, kl_divergence, prior_loss
+from avflow.models.v2a.vama import masked_l2, segment_mask
 from avflow.models.v2a.vaflow import VAFlow
 from avflow.tasks.base import Task
 from avflow.train.evaluate import save_frames
@@ -115,8 +120,10 @@ def _velocity(model, variables):
 
 
 def guidance_branches(config) -> int:
-  """DiT calls per field evaluation: 2 with CFG (γ ≠ 0 and cross-attention), else 1."""
-  return 2 if config.model.cross_attention and config.inference.cfg != 0 else 1
+  """DiT calls per field evaluation: 2 with CFG (γ ≠ 0 and a path for the video into the DiT: cross-attention or
+  `model.video_injection`), else 1."""
+  reads_video = config.model.cross_attention or config.model.video_injection != "none"
+  return 2 if reads_video and config.inference.cfg != 0 else 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,8 +177,8 @@ class VideoToAudio(Task):
                          worker_count=data_cfg.get("worker_count", 0))
 
   def loss_fn(self, model, config):
-    """L_VAE (stage "prior"), the velocity loss (Eq. 8, "estimator") or λ_KL·KL + the velocity loss (Eq. 9,
-    "joint"); returns (loss, its terms)."""
+    """L_VAE (stage "prior"), the velocity loss (Eq. 8, "estimator"), λ_KL·KL + the velocity loss (Eq. 9,
+    "joint") or L_VAMA ("vama"); returns (loss, its terms)."""
     check_config(config)
     codec = make_codec(config)
     objective = flow.ObjectiveConfig.from_config(config.objective)
@@ -181,6 +188,8 @@ class VideoToAudio(Task):
     def loss_fn(params, batch, rng):
       variables = {"params": params}
       video = model.apply(variables, batch["frames"], method=VAFlow.video)
+      if config.model.aligned_video:  # the VAMA video encoder is frozen: no gradient to compute through it
+        video = jax.lax.stop_gradient(video)
       latent_frames = codec.num_frames(batch["audio"].shape[-1])
       sample_key, drop_key, loss_key = jax.random.split(rng, 3)
       if stage == "prior":
@@ -188,6 +197,11 @@ class VideoToAudio(Task):
                                                     method=VAFlow.reconstruct)
         return prior_loss(loss_key, video, reconstruction, mu, log_sigma, prior_cfg)
       x1 = encode(config, codec, batch["audio"])
+      if stage == "vama":
+        vama = config.model.vama
+        mask = segment_mask(sample_key, x1.shape[0], x1.shape[1], vama.segment, vama.ratio)
+        loss = masked_l2(model.apply(variables, x1, video, mask, method=VAFlow.reconstruct_masked), x1, mask)
+        return loss, {"vama": loss}
       if source == "gaussian":
         x0 = flow.sample_source(sample_key, x1)
       else:
@@ -207,13 +221,17 @@ class VideoToAudio(Task):
   def predict_fn(self, model, config):
     """predict(params, {"frames": (B, T_v, S, S, 3)}, stop_after=None) → (the generated latents (B, T_a, D_a) of
     the span the frames cover, `Generation`). The VAE-pretraining stage has no DiT: its predict gives the prior
-    sample x_v^AE itself (NFE 0). `stop_after` stops a grid solver after k of its steps."""
+    sample x_v^AE itself (NFE 0); the VAMA stage generates nothing (a ValueError). `stop_after` stops a grid
+    solver after k of its steps."""
     check_config(config)
     codec, inference = make_codec(config), config.inference
     guided = guidance_branches(config) == 2
     source, method = config.model.source, inference.method
 
     def predict(params, batch, stop_after=None):
+      if config.model.stage == "vama":
+        raise ValueError("model.stage='vama' pretrains the masked alignment and generates no audio; generate with "
+                         "a flow stage that starts from its run (model.aligned_video=True)")
       variables = {"params": params}
       video = model.apply(variables, batch["frames"], method=VAFlow.video)
       b = video.shape[0]
@@ -247,11 +265,11 @@ class VideoToAudio(Task):
     """Generates every held-out clip and writes `eval.json`: "prediction" (the generated audio), "input" (the source
     x0 decoded) and "reconstruction" (the real audio through the codec), each with `fd` (Fréchet distance to the
     held-out real audio), `onset_f1` / `_precision` / `_recall` (against the events' times) and `event_accuracy`
-    / `event_label_accuracy`; the mean NFE per call and the sampler. The VAE-pretraining stage reports its
-    held-out L_VAE terms instead. The first `eval.num_samples` clips get `samples/<clip>/`: prediction.wav,
-    input.wav, target.wav (the real audio), events.json (times, classes, caption) and the frames."""
-    if config.model.stage == "prior":
-      report = {"prediction": _prior_terms(self.build(config.model), params, source, config),
+    / `event_label_accuracy`; the mean NFE per call and the sampler. The VAE and VAMA pretraining stages report
+    their held-out loss terms instead (L_VAE; L_VAMA). The first `eval.num_samples` clips get `samples/<clip>/`:
+    prediction.wav, input.wav, target.wav (the real audio), events.json (times, classes, caption) and the frames."""
+    if config.model.stage in ("prior", "vama"):
+      report = {"prediction": _held_out_terms(self.loss_fn(self.build(config.model), config), params, source, config),
                 "steps": int(step), "num_clips": len(source)}
       _write_json(workdir, report)
       return report
@@ -300,23 +318,17 @@ def _write_json(workdir: str, report: dict) -> None:
     json.dump(report, f, indent=2)
 
 
-def _prior_terms(model, params, source, config) -> dict:
-  """The mean L_VAE and its terms over the held-out clips (batches of `eval.batch_size`, one fixed key)."""
-  codec, prior_cfg = make_codec(config), PriorLossConfig.from_config(config.prior_loss)
-
+def _held_out_terms(loss_fn, params, source, config) -> dict:
+  """The mean stage loss (`loss`) and its terms over the held-out clips (batches of `eval.batch_size`, each with its
+  own fixed key: the same samples and masks at every evaluation)."""
   @jax.jit
-  def terms(params, frames, key):
-    variables = {"params": params}
-    video = model.apply(variables, frames, method=VAFlow.video)
-    sample_key, loss_key = jax.random.split(key)
-    out = model.apply(variables, video, sample_key, codec.num_frames(num_samples(config, video.shape[1])),
-                      method=VAFlow.reconstruct)
-    loss, parts = prior_loss(loss_key, video, *out, prior_cfg)
+  def terms(params, batch, key):
+    loss, parts = loss_fn(params, batch, key)
     return {"loss": loss, **parts}
 
   size = min(config.eval.batch_size, len(source))
-  results = [jax.device_get(terms(params, np.stack([source[i]["frames"] for i in range(first, first + size)]),
-                                  jax.random.PRNGKey(first)))
+  results = [jax.device_get(terms(params, {k: np.stack([source[i][k] for i in range(first, first + size)])
+                                           for k in ("audio", "frames")}, jax.random.PRNGKey(first)))
              for first in range(0, len(source) - size + 1, size)]
   return {k: float(np.mean([r[k] for r in results])) for k in results[0]}
 

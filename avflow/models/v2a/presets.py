@@ -48,6 +48,18 @@ def prior_config(scale: str) -> ml_collections.ConfigDict:
                                         **per_scale))
 
 
+def vama_config(scale: str) -> ml_collections.ConfigDict:
+  """`config.model.vama`: Foley-Flow's masked alignment (`vama.VAMA`, `vama.VideoEncoder`) at one scale. The
+  masking ratio 0.8 is the paper's (Table 5); it gives no sizes or segment length, so every other field is a choice:
+  segments of 8 latent frames at the toy (0.128 s, about one 8 fps video frame) and 16 at 62.5 latent frames per
+  second otherwise; the reconstructor `width`, `depth`, `heads` (RoPE on `rope_dim` channels per head) and the
+  video encoder's `encoder_depth`."""
+  per_scale = {"toy": dict(width=64, depth=2, heads=4, rope_dim=8, encoder_depth=1, segment=8),
+               "small": dict(width=256, depth=4, heads=4, rope_dim=32, encoder_depth=2, segment=16),
+               "paper": dict(width=512, depth=6, heads=8, rope_dim=32, encoder_depth=4, segment=16)}[_check(scale)]
+  return ml_collections.ConfigDict(dict(per_scale, ratio=0.8))
+
+
 def codec_config() -> ml_collections.ConfigDict:
   """The toy's `codec.MelCodec`: 16 kHz, STFT 1024 / 256 (62.5 latent frames per second), 64 Slaney mel bands
   (the width of the paper's latent), 32 Griffin-Lim iterations. The `small` and `paper` scales take a pretrained
