@@ -273,7 +273,8 @@ def v2a_config(scale: str) -> ml_collections.ConfigDict:
   c = training_config("v2a", *_V2A_SCHEDULE[scale]["prior"])
   sample_rate, seconds, fps, max_events, grid, (n_fft, hop, n_mels), (shift, scale_) = _V2A_DATA[scale]
   c.data = ml_collections.ConfigDict(dict(
-      source="toy_foley", sample_rate=sample_rate, clip_seconds=seconds, frames_per_second=fps, image_size=32,
+      source="toy_foley",  # or "records": prepared records (`prepare`), each soundtrack generated from its frames
+      records_dir="", sample_rate=sample_rate, clip_seconds=seconds, frames_per_second=fps, image_size=32,
       max_events=max_events, num_train_clips=8192, num_eval_clips=64,
       num_classifier_clips=256,  # toy train clips the event classifier of the evaluation learns from
       seed=1234, worker_count=0))

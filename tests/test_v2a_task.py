@@ -18,6 +18,7 @@ from avflow.models.v2a.vaflow import VAFlow, frame_features
 from avflow.report.html import write_report
 from avflow.report.paper_tables import TABLES
 from avflow.train import checkpoint
+from avflow.train.loop import train
 from avflow.train.partition import count_table
 from avflow.train.state import abstract_params, create_train_state, make_optimizer
 from avflow.train.step import jit, make_loss_fn, make_predict_fn, make_train_step
@@ -271,3 +272,27 @@ def test_report_page_plays_the_generated_source_and_real_audio_of_each_clip(stag
     assert f'data-stream="{stream}"' in page, stream
   assert "<th>reconstruction (raw)</th>" in page and "<th>FD (log-mel statistics)</th>" in page
   assert "lower is better" in page and "Caption: " in page and "Events the frames show: " in page
+
+
+def test_prepared_records_train_the_flow_and_are_scored_by_fd(tmp_path):
+  """`data.source="records"`: a record's soundtrack generated from its frames (1 fps), scored by FD alone (real
+  clips carry no events)."""
+  from avflow.data import records
+  from test_prepare import SPEC, muddy_clip, write_splits
+  for name in ("a", "b", "c", "d"):
+    muddy_clip(tmp_path / "in", name)
+  write_splits(tmp_path / "in", train=["a", "b"], val=["c", "d"])
+  records.prepare(str(tmp_path / "in"), str(tmp_path / "records"), spec=SPEC)
+  config = _config("toy_gaussian", total_steps=2, eval_every=2, checkpoint_every=2, batch_size=2,
+                   **{"data.source": "records", "data.records_dir": str(tmp_path / "records"),
+                      "data.sample_rate": SPEC.sample_rate, "data.clip_seconds": SPEC.clip_seconds,
+                      "data.frames_per_second": 1.0, "data.image_size": SPEC.image_size, "eval.batch_size": 1})
+  train(config, str(tmp_path / "run"))
+  report = json.load(open(tmp_path / "run" / "eval.json"))
+  assert set(report["prediction"]) == set(report["reconstruction"]) == {"fd"} and report["num_clips"] == 2
+  assert np.isfinite(report["prediction"]["fd"])
+  sample = tmp_path / "run" / "samples" / os.listdir(tmp_path / "run" / "samples")[0]
+  assert {"prediction.wav", "target.wav", "frames"} <= set(os.listdir(sample)) and "events.json" not in os.listdir(sample)
+  with pytest.raises(ValueError, match="do not match config.data"):
+    tasks.get(config).source(tiny(vaflow.get_config("toy_gaussian"), **{"data.source": "records",
+                                                                      "data.records_dir": str(tmp_path / "records")}).data, "train")

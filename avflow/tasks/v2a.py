@@ -27,12 +27,14 @@ Evaluation generates the held-out clips, decodes them with the codec and scores 
 sync against the events the frames show, event-class accuracy of a classifier trained on real toy train audio,
 the Fréchet distance to the held-out real audio. The same scores are given for the source x0 decoded ("input")
 and for the real audio through the codec ("reconstruction": what the codec leaves of the real clips).
+`data.source="records"` reads prepared records instead (`RecordClips`: each record's soundtrack generated from its
+frames, at the records' 1 fps); real clips carry no events, so they are scored by the Fréchet distance alone.
 """
 import dataclasses
 import functools
 import json
 import os
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -97,8 +99,23 @@ class Generation(NamedTuple):
   nfe: jax.Array
 
 
+class RecordClips:
+  """Prepared records (`data.source="records"`: a `records.RecordSource` or `Subset`) as clips of real video: a
+  record's soundtrack `mix` is the audio to generate from its frames (they carry no events or captions)."""
+
+  def __init__(self, records):
+    self.records = records
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def __getitem__(self, index) -> dict:
+    record = self.records[index]
+    return {"clip_id": record["clip_id"], "audio": np.asarray(record["mix"], np.float32), "frames": record["frames"]}
+
+
 class FoleyBatches:
-  """The batch fields of toy foley clips: `clip_id`, `audio (L,)`, `frames (F, S, S, 3)`."""
+  """The batch fields of toy foley clips or `RecordClips`: `clip_id`, `audio (L,)`, `frames (F, S, S, 3)`."""
 
   def __init__(self, clips: foley.ToyFoley):
     self.clips = clips
@@ -164,8 +181,11 @@ class VideoToAudio(Task):
                          "(data.sample_rate, data.clip_seconds, data.frames_per_second, data.image_size)")
 
   def source(self, data_cfg, split):
+    if data_cfg.source == "records":
+      from avflow.data.records import records_source
+      return RecordClips(records_source(data_cfg, split))
     if data_cfg.source != "toy_foley":
-      raise ValueError(f"unknown data.source {data_cfg.source!r}; expected 'toy_foley'")
+      raise ValueError(f"unknown data.source {data_cfg.source!r}; expected 'toy_foley' or 'records'")
     return foley.ToyFoley(sample_rate=data_cfg.sample_rate, clip_seconds=data_cfg.clip_seconds,
                           frames_per_second=data_cfg.frames_per_second, image_size=data_cfg.image_size,
                           num_clips=data_cfg.num_train_clips if split == "train" else data_cfg.num_eval_clips,
@@ -286,7 +306,7 @@ class VideoToAudio(Task):
     length = len(clips[0]["audio"])
     prediction = decode(config, np.concatenate(latents), length)
     x0 = decode(config, np.concatenate(sources), length)
-    reference = _reference(config)
+    reference = _reference(config) if config.data.source == "toy_foley" else _records_reference(config, clips)
     report = {"prediction": reference.scores(prediction), "input": reference.scores(x0),
               "reconstruction": reference.reconstruction, "nfe": float(np.mean(nfe)),
               "network_evaluations": float(np.mean(nfe)) * guidance_branches(config), "steps": int(step),
@@ -297,9 +317,10 @@ class VideoToAudio(Task):
       os.makedirs(folder, exist_ok=True)
       for name, wave in (("prediction", audio), ("input", start), ("target", clip["audio"])):
         sf.write(os.path.join(folder, f"{name}.wav"), np.clip(wave, -1, 1), config.data.sample_rate)
-      with open(os.path.join(folder, "events.json"), "w") as f:
-        json.dump({"events": [{"time": t, "class": foley.CLASSES[c]} for t, c in clip["events"]],
-                   "caption": clip["caption"]}, f, indent=2)
+      if "events" in clip:
+        with open(os.path.join(folder, "events.json"), "w") as f:
+          json.dump({"events": [{"time": t, "class": foley.CLASSES[c]} for t, c in clip["events"]],
+                     "caption": clip["caption"]}, f, indent=2)
       save_frames(os.path.join(folder, "frames"), clip["frames"])
     return report
 
@@ -335,17 +356,20 @@ def _held_out_terms(loss_fn, params, source, config) -> dict:
 
 class Reference(NamedTuple):
   """What generated audio is scored against: the held-out clips' real audio and events, the event classifier,
-  and the scores of the real audio through the codec."""
+  and the scores of the real audio through the codec. Real clips (records) have no events: `times`, `classes` and
+  `classifier` are None, and only `fd` is scored."""
   audio: list
-  times: list
-  classes: list
-  classifier: foley_metrics.EventClassifier
+  times: Optional[list]
+  classes: Optional[list]
+  classifier: Optional[foley_metrics.EventClassifier]
   sample_rate: int
   reconstruction: dict
 
   def scores(self, audio) -> dict:
     """`fd`, `onset_f1` / `_precision` / `_recall`, `event_accuracy`, `event_label_accuracy` of `audio` (N, L)."""
     audio = list(audio)
+    if self.times is None:
+      return {"fd": foley_metrics.audio_frechet_distance(audio, self.audio, self.sample_rate)}
     onsets = foley_metrics.onset_sync(audio, self.times, self.sample_rate)
     accuracy = foley_metrics.event_class_accuracy(self.classifier, audio, self.classes)
     return {"fd": foley_metrics.audio_frechet_distance(audio, self.audio, self.sample_rate),
@@ -373,10 +397,21 @@ def _cached_reference(data_json: str, codec_json: str) -> Reference:
   held_out = task.source(data, "val")
   clips = [held_out[i] for i in range(len(held_out))]
   audio = [clip["audio"] for clip in clips]
-  reference = Reference(audio, [[t for t, _ in clip["events"]] for clip in clips],
-                        [[c for _, c in clip["events"]] for clip in clips], classifier, data.sample_rate, {})
-  codec = make_codec(config)
-  through_codec = codec.decode(np.asarray(codec.encode(np.stack(audio))), len(audio[0]))
+  return _with_reconstruction(config, Reference(audio, [[t for t, _ in clip["events"]] for clip in clips],
+                                               [[c for _, c in clip["events"]] for clip in clips], classifier,
+                                               data.sample_rate, {}))
+
+
+def _records_reference(config, clips) -> Reference:
+  """The `Reference` of held-out records: their soundtracks, scored by FD alone."""
+  return _with_reconstruction(config, Reference([c["audio"] for c in clips], None, None, None,
+                                                config.data.sample_rate, {}))
+
+
+def _with_reconstruction(config, reference: Reference) -> Reference:
+  """`reference` with the scores of its real audio through the run's codec (what the codec leaves of it)."""
+  codec, audio = make_codec(config), np.stack(reference.audio)
+  through_codec = codec.decode(np.asarray(codec.encode(audio)), audio.shape[1])
   return reference._replace(reconstruction=reference.scores(through_codec))
 
 
