@@ -11,7 +11,7 @@ from absl import flags
 from absl import logging as absl_logging
 
 from avflow.configs_lib import resolve_config_file, shipped_configs_dir
-from avflow.errors import UsageError
+from avflow.errors import AvflowError, UsageError
 
 DEFAULT_CONFIG = os.path.join(shipped_configs_dir(), "visah_fm.py") + ":toy"
 HELP_FLAGS = ("-h", "--help", "-?", "--helpshort", "--helpfull")
@@ -62,3 +62,17 @@ def configure_logging(verbose: bool) -> None:
   elif not flags.FLAGS["verbosity"].present:
     absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("avflow").setLevel(logging.INFO)
+
+
+def input_and_output(argv, usage: str, reads_frames_as: str | None = None) -> tuple[str, str]:
+  """A command's two arguments INPUT and OUTPUT (`usage`: the error when there are not two), INPUT checked to exist
+  and, for a command that reads a video's frames (`reads_frames_as`: its name), not to be an audio file."""
+  from avflow.data.video import AUDIO_EXTENSIONS  # only here: the other commands do not read videos
+  if len(argv) != 3:
+    raise UsageError(usage)
+  source, output = argv[1], argv[2]
+  if not os.path.exists(source):
+    raise AvflowError(f"{source} does not exist")
+  if reads_frames_as and source.lower().endswith(AUDIO_EXTENSIONS):
+    raise AvflowError(f"{source} is an audio file; {reads_frames_as} reads a video's frames")
+  return source, output

@@ -18,9 +18,9 @@ import numpy as np
 import soundfile as sf
 from absl import flags
 
-from avflow.commands import parse_flags  # noqa: F401
-from avflow.data.video import AUDIO_EXTENSIONS, VIDEO_OUTPUTS, read_video, write_video_with_audio
-from avflow.errors import AvflowError, UsageError
+from avflow.commands import input_and_output, parse_flags  # noqa: F401
+from avflow.data.video import VIDEO_OUTPUTS, read_video, write_video_with_audio
+from avflow.errors import AvflowError
 from avflow.inference import load_run, speed_line
 from avflow.outputs import check_output, staged_file
 from avflow.tasks.nag import GUIDANCES, composite, generate_tracks
@@ -54,15 +54,9 @@ def tracks_folder(output: str) -> str:
 
 
 def main(argv):
-  if len(argv) != 3:
-    raise UsageError("expected VIDEO and OUTPUT, e.g. `python -m avflow foley silent.mp4 out.mp4 --workdir=RUN "
-                     "--captions='a drum is hit;a bell rings'`")
-  source, output = argv[1], argv[2]
+  source, output = input_and_output(argv, "expected VIDEO and OUTPUT, e.g. `python -m avflow foley silent.mp4 "
+                                    "out.mp4 --workdir=RUN --captions='a drum is hit;a bell rings'`", "foley")
   f = flags.FLAGS
-  if not os.path.exists(source):
-    raise AvflowError(f"{source} does not exist")
-  if source.lower().endswith(AUDIO_EXTENSIONS):
-    raise AvflowError(f"{source} is an audio file; foley reads a video's frames")
   captions = parse_captions(f.captions)
   if f.steps is not None and f.steps < 1:
     raise AvflowError(f"--steps={f.steps}; expected 1 or more")

@@ -13,15 +13,14 @@ OUTPUT ending in `.wav` gets the audio (mono at the run's rate, 32-bit float); O
 long as the picture stream. OUTPUT is checked before the model runs: it may not be an input, its missing folders
 are created, and it is written to a temporary file beside it that replaces it only when complete.
 """
-import os
 import time
 
 import soundfile as sf
 from absl import flags
 
-from avflow.commands import parse_flags  # noqa: F401
-from avflow.data.video import AUDIO_EXTENSIONS, VIDEO_OUTPUTS, read_video, write_video_with_audio
-from avflow.errors import AvflowError, UsageError
+from avflow.commands import input_and_output, parse_flags  # noqa: F401
+from avflow.data.video import VIDEO_OUTPUTS, read_video, write_video_with_audio
+from avflow.errors import AvflowError
 from avflow.inference import generate, load_run, speed_line
 from avflow.outputs import check_output, staged_file
 from avflow.tasks.v2a import SOLVERS, guidance_branches
@@ -49,14 +48,9 @@ def _overrides(f) -> dict:
 
 
 def main(argv):
-  if len(argv) != 3:
-    raise UsageError("expected VIDEO and OUTPUT, e.g. `python -m avflow generate silent.mp4 out.mp4 --workdir=RUN`")
-  source, output = argv[1], argv[2]
+  source, output = input_and_output(
+      argv, "expected VIDEO and OUTPUT, e.g. `python -m avflow generate silent.mp4 out.mp4 --workdir=RUN`", "generate")
   f = flags.FLAGS
-  if not os.path.exists(source):
-    raise AvflowError(f"{source} does not exist")
-  if source.lower().endswith(AUDIO_EXTENSIONS):
-    raise AvflowError(f"{source} is an audio file; generate reads a video's frames")
   overrides = _overrides(f)
   check_output(output, [source, *run_files(f.workdir)], suffixes=(".wav", *VIDEO_OUTPUTS))
   try:

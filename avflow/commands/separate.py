@@ -23,10 +23,10 @@ import numpy as np
 import soundfile as sf
 from absl import flags
 
-from avflow.commands import parse_flags  # noqa: F401
+from avflow.commands import input_and_output, parse_flags  # noqa: F401
 from avflow.data.video import (AUDIO_EXTENSIONS, NoAudioTrackError, mono_resample, read_audio, read_frames,
                                read_video)
-from avflow.errors import AvflowError, UsageError
+from avflow.errors import AvflowError
 from avflow.inference import load_run, model_frame_rate, separate, speed_line
 from avflow.outputs import check_output, staged_file
 from avflow.train.checkpoint import run_files
@@ -57,13 +57,9 @@ def _frames(path: str, run, mixture_seconds: float, folder_rate: float | None):
 
 
 def main(argv):
-  if len(argv) != 3:
-    raise UsageError("expected INPUT and OUTPUT, e.g. `python -m avflow separate mixture.wav out.wav --frames=DIR "
-                     "--workdir=RUN`")
-  source, output = argv[1], argv[2]
+  source, output = input_and_output(argv, "expected INPUT and OUTPUT, e.g. `python -m avflow separate mixture.wav "
+                                    "out.wav --frames=DIR --workdir=RUN`")
   f = flags.FLAGS
-  if not os.path.exists(source):
-    raise AvflowError(f"{source} does not exist")
   if f.frames and not os.path.exists(f.frames):
     raise AvflowError(f"--frames={f.frames} does not exist")
   if f.frame_rate is not None and not (f.frame_rate > 0 and f.frames and os.path.isdir(f.frames)):
