@@ -76,3 +76,12 @@ def input_and_output(argv, usage: str, reads_frames_as: str | None = None) -> tu
   if reads_frames_as and source.lower().endswith(AUDIO_EXTENSIONS):
     raise AvflowError(f"{source} is an audio file; {reads_frames_as} reads a video's frames")
   return source, output
+
+
+def load_command_run(workdir: str, kind: str, **kwargs):
+  """`inference.load_run` for a command: a run that does not fit (`ValueError`) is the command's one-line error."""
+  from avflow.inference import load_run  # only here: loading a run imports the models
+  try:
+    return load_run(workdir, kind, **kwargs)
+  except ValueError as e:
+    raise AvflowError(str(e)) from e

@@ -18,10 +18,10 @@ import numpy as np
 import soundfile as sf
 from absl import flags
 
-from avflow.commands import input_and_output, parse_flags  # noqa: F401
+from avflow.commands import input_and_output, load_command_run, parse_flags  # noqa: F401
 from avflow.data.video import VIDEO_OUTPUTS, read_video, write_video_with_audio
 from avflow.errors import AvflowError
-from avflow.inference import load_run, speed_line
+from avflow.inference import speed_line
 from avflow.outputs import check_output, staged_file
 from avflow.tasks.nag import GUIDANCES, composite, generate_tracks
 from avflow.train.checkpoint import run_files
@@ -65,10 +65,7 @@ def main(argv):
     overrides["num_steps"] = f.steps
   folder = tracks_folder(output)
   check_output(output, [source, *run_files(f.workdir)], suffixes=(".wav", *VIDEO_OUTPUTS))
-  try:
-    run = load_run(f.workdir, "nag", inference=overrides)
-  except ValueError as e:
-    raise AvflowError(str(e)) from e
+  run = load_command_run(f.workdir, "nag", inference=overrides)
   check_output(os.path.join(folder, "mix.wav"), [source, *run_files(f.workdir)], suffixes=(".wav",))
   config, rate = run.config, run.sample_rate
   video = read_video(source, rate, config.data.image_size, config.data.frames_per_second, require_audio=False)

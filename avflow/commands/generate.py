@@ -18,10 +18,10 @@ import time
 import soundfile as sf
 from absl import flags
 
-from avflow.commands import input_and_output, parse_flags  # noqa: F401
+from avflow.commands import input_and_output, load_command_run, parse_flags  # noqa: F401
 from avflow.data.video import VIDEO_OUTPUTS, read_video, write_video_with_audio
 from avflow.errors import AvflowError
-from avflow.inference import generate, load_run, speed_line
+from avflow.inference import generate, speed_line
 from avflow.outputs import check_output, staged_file
 from avflow.tasks.v2a import SOLVERS, guidance_branches
 from avflow.train.checkpoint import run_files
@@ -53,10 +53,7 @@ def main(argv):
   f = flags.FLAGS
   overrides = _overrides(f)
   check_output(output, [source, *run_files(f.workdir)], suffixes=(".wav", *VIDEO_OUTPUTS))
-  try:
-    run = load_run(f.workdir, "v2a", inference=overrides)
-  except ValueError as e:
-    raise AvflowError(str(e)) from e
+  run = load_command_run(f.workdir, "v2a", inference=overrides)
   inference = run.config.inference
   if f.steps is not None and inference.method == "dopri5":
     raise AvflowError("--steps sets a grid solver's steps; dopri5 chooses its own (pass --solver=euler or midpoint)")

@@ -23,11 +23,11 @@ import numpy as np
 import soundfile as sf
 from absl import flags
 
-from avflow.commands import input_and_output, parse_flags  # noqa: F401
+from avflow.commands import input_and_output, load_command_run, parse_flags  # noqa: F401
 from avflow.data.video import (AUDIO_EXTENSIONS, NoAudioTrackError, mono_resample, read_audio, read_frames,
                                read_video)
 from avflow.errors import AvflowError
-from avflow.inference import load_run, model_frame_rate, separate, speed_line
+from avflow.inference import model_frame_rate, separate, speed_line
 from avflow.outputs import check_output, staged_file
 from avflow.train.checkpoint import run_files
 
@@ -71,10 +71,7 @@ def main(argv):
   if is_audio and not f.frames:
     raise AvflowError(f"{source} is an audio file: pass --frames=DIR or --frames=VIDEO with the frames of the video "
                       "whose sound is wanted")
-  try:
-    run = load_run(f.workdir, "separate")
-  except ValueError as e:
-    raise AvflowError(str(e)) from e
+  run = load_command_run(f.workdir, "separate")
   rate = run.sample_rate
   if is_audio:
     native, native_rate = read_audio(source)
