@@ -14,10 +14,12 @@ from avflow.report.paper_tables import TABLES
 from avflow.train import evaluate as evaluation
 
 
-def _tiny_overrides() -> dict:
-  """conftest's tiny fields of the toy config, minus the inference steps that Table 8's rows vary."""
-  overrides = tiny_fields(visah_fm.get_config("toy"))
-  overrides.pop("inference.num_steps")
+def _micro_overrides() -> dict:
+  """conftest's micro fields of the toy config at batch 2, minus the inference steps and the rollout weight that
+  Table 8's rows set."""
+  overrides = {**tiny_fields(visah_fm.get_config("toy"), micro=True), "batch_size": 2}
+  for row_field in ("inference.num_steps", "objective.rollout_weight"):
+    overrides.pop(row_field)
   return overrides
 
 
@@ -26,7 +28,7 @@ def test_table8_trains_once_reuses_its_run_and_prints_the_papers_numbers(tmp_pat
   real_train = ablate.train
   monkeypatch.setattr(ablate, "train", lambda config, workdir, resume: calls.append(workdir)
                       or real_train(config, workdir, resume))
-  overrides = _tiny_overrides()
+  overrides = _micro_overrides()
   root = str(tmp_path / "runs")
 
   run = ablate.run_table("8", "toy", [0], root, total_steps=2, overrides=overrides)

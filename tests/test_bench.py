@@ -99,11 +99,13 @@ def _bench_infer(env):
   import subprocess
   import sys
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  tiny_flags = ["--config.data.clip_seconds=1.0", "--config.data.image_size=16", "--config.model.channels=4",
-                "--config.model.latent.depth=1", "--config.model.conditioning.kind=frames_tiny",
-                "--config.model.latent.context_dim=16", "--config.model.time_embed_dim=16"]
+  micro_flags = ["--config.data.clip_seconds=1.0", "--config.data.image_size=16", "--config.model.channels=4",
+                 "--config.model.nfft=64", "--config.model.depth=2", "--config.model.dconv_lstm=99",
+                 "--config.model.dconv_attn=99", "--config.model.latent.depth=1",
+                 "--config.model.conditioning.kind=frames_tiny", "--config.model.latent.context_dim=16",
+                 "--config.model.time_embed_dim=16", "--config.inference.num_steps=2"]
   res = subprocess.run([sys.executable, "-m", "avflow", "bench", "--what=infer", "--repeats=1", "--batch_size=2",
-                        *tiny_flags],
+                        *micro_flags],
                        cwd=root, env=env, capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
   return json.loads(res.stdout.strip().splitlines()[-1])

@@ -46,22 +46,27 @@ def test_highlight_video_keeps_picture_and_duration_and_changes_audio(run_dir, m
 
 
 def test_highlight_wav_with_frames_and_fewer_steps_remix_less(run_dir, tmp_path):
+  """`--steps=1` through the CLI (into missing folders) is the library's one-step remix; 0 steps keep the input and
+  1 step remixes less than all 2."""
+  from avflow.inference import load_run, rebalance
   t = np.arange(3 * SR) / SR
   sf.write(tmp_path / "in.wav", (0.2 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), SR)
   frames = tmp_path / "frames"
   frames.mkdir()
   for i in range(3):
     Image.fromarray(picture(i)).save(frames / f"{i:03d}.png")
-  outputs = {}
-  for k in (0, 1, 2):  # the first call creates the missing folders of OUTPUT
-    out = tmp_path / "new" / "folder" / f"out{k}.wav"
-    res = _highlight(tmp_path / "in.wav", out, f"--workdir={run_dir}", f"--frames={frames}", f"--steps={k}")
-    assert res.returncode == 0, res.stderr[-3000:]
-    outputs[k], sr = sf.read(out, dtype="float32")
-    assert sr == SR and len(outputs[k]) == 3 * SR
+  out = tmp_path / "new" / "folder" / "out.wav"
+  res = _highlight(tmp_path / "in.wav", out, f"--workdir={run_dir}", f"--frames={frames}", "--steps=1")
+  assert res.returncode == 0, res.stderr[-3000:]
+  written, sr = sf.read(out, dtype="float32")
+  assert sr == SR and len(written) == 3 * SR
   source, _ = sf.read(tmp_path / "in.wav", dtype="float32")
-  np.testing.assert_allclose(outputs[0], source, atol=1e-4)  # zero steps leave the input as it is
-  assert np.abs(outputs[2] - source).mean() > np.abs(outputs[1] - source).mean() * 1.05
+  run = load_run(str(run_dir))
+  remixed = {k: rebalance(run, source, video.read_frames(str(frames), run.config.data.image_size), steps=k)
+             for k in (0, 1, 2)}
+  np.testing.assert_allclose(written, np.clip(remixed[1], -1, 1), atol=1e-4)  # a 16-bit wav, as the input
+  np.testing.assert_allclose(remixed[0], source, atol=1e-6)  # zero steps leave the input as it is
+  assert np.abs(remixed[2] - source).mean() > np.abs(remixed[1] - source).mean() * 1.05
 
 
 def test_highlight_video_equals_its_wav_and_extracted_frames(run_dir, tmp_path):

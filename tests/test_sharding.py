@@ -78,17 +78,17 @@ def _mesh_check() -> dict:
                                               batch_size=config.batch_size, seed=config.seed, train=True))))
   step_fn = make_train_step(model, config, tx)
   rng = jax.random.PRNGKey(7)
+  start = jax.device_get(create_train_state(model, config, batch, tx))  # on the host: each mesh places its own copy
 
   def run(mesh_shape, devices):
     config.mesh.data, config.mesh.fsdp = mesh_shape
     mesh = sharding.make_mesh(config.mesh, devices)
-    state = create_train_state(model, config, batch, tx)
-    state_sharding = sharding.state_sharding(state, mesh, config.mesh)
+    state_sharding = sharding.state_sharding(start, mesh, config.mesh)
     data_sharding = sharding.batch_sharding(mesh)
     replicated = jax.sharding.NamedSharding(mesh, P())
     step = jax.jit(step_fn, donate_argnums=(0,), in_shardings=(state_sharding, data_sharding, replicated),
                    out_shardings=(state_sharding, replicated))
-    state, metrics = step(jax.device_put(state, state_sharding), sharding.global_batch(batch, data_sharding), rng)
+    state, metrics = step(jax.device_put(start, state_sharding), sharding.global_batch(batch, data_sharding), rng)
     params = state.params
     device0 = sum(s.data.nbytes for x in jax.tree.leaves(params) for s in x.addressable_shards
                   if s.device == mesh.devices.flat[0])

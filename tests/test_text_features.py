@@ -202,9 +202,9 @@ def _caption_run(workdir, row: str) -> str:
   config = tiny(visah_fm.get_config(f"toy_{row}"), encoders=True)
   config.model.conditioning.update(text_dim=DIM, text_tokens=TOKENS)
   batch = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), abstract_batch(config, 1))
-  params = Highlighter(config.model).init(jax.random.PRNGKey(0), batch, jnp.zeros((1,)))["params"]
-  keys = iter(jax.random.split(jax.random.PRNGKey(1), len(jax.tree.leaves(params))))
-  params = jax.tree.map(lambda p: 0.3 * jax.random.normal(next(keys), p.shape) if not p.any() else p, params)
+  params = jax.jit(Highlighter(config.model).init)(jax.random.PRNGKey(0), batch, jnp.zeros((1,)))["params"]
+  rng = np.random.default_rng(1)
+  params = jax.tree.map(lambda p: 0.3 * rng.standard_normal(p.shape, np.float32) if not p.any() else p, params)
   checkpoint.save_config(workdir, config)
   ckpt = checkpoint.Checkpointer(workdir, async_save=False)
   ckpt.save(0, {"step": np.int32(0), "params": params})

@@ -20,15 +20,12 @@ from avflow.train import checkpoint
 from avflow.train.loop import NonFiniteError, train
 from avflow.train.state import abstract_batch, create_train_state, make_optimizer
 from avflow.train.step import make_train_step
-from conftest import cli_error, tiny
+from conftest import MICRO, cli_error, tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--config.batch_size=2", "--config.log_every=1", "--config.data.clip_seconds=1.0",
-        "--config.data.num_train_clips=16", "--config.data.num_eval_clips=2", "--config.data.image_size=16",
-        "--config.eval.batch_size=2", "--config.eval.num_samples=1", "--config.model.channels=4",
-        "--config.model.latent.depth=1", "--config.model.conditioning.kind=frames_tiny",
-        "--config.model.latent.context_dim=16", "--config.model.time_embed_dim=16",
-        "--config.objective.num_steps=2", "--config.objective.horizon=2", "--config.inference.num_steps=2"]
+# conftest's MICRO model (FM only) as CLI flags, at batch 2.
+MICRO_FLAGS = [f"--config.{k}={v}" for k, v in {**MICRO, "batch_size": 2}.items()
+               if k not in ("total_steps", "eval_every", "checkpoint_every")]
 
 
 def _cli(*args, **kw):
@@ -169,7 +166,7 @@ def _info_sources(stderr):
 
 def test_train_cli_output_and_sigterm_then_resume_equals_an_uninterrupted_run(tmp_path):
   """The same CLI runs check what `train` prints (quiet libraries, the compile notice, the summary) and resuming."""
-  args = ["train", "--config.total_steps=6", "--config.eval_every=100", "--config.checkpoint_every=100", *TINY]
+  args = ["train", "--config.total_steps=6", "--config.eval_every=100", "--config.checkpoint_every=100", *MICRO_FLAGS]
   straight = str(tmp_path / "straight")
   done = _cli(*args, f"--workdir={straight}", timeout=900)
   assert done.returncode == 0, done.stderr[-3000:]
