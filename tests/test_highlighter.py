@@ -6,6 +6,7 @@ import pytest
 
 from avflow.models.visah.highlighter import Highlighter, frozen_prefixes
 from avflow.train.state import abstract_batch
+from conftest import tiny
 
 
 def _random_batch(config, key):
@@ -20,8 +21,9 @@ def _random_batch(config, key):
   return out
 
 
-def test_warm_start_velocity_is_u_minus_x0(tiny_fm_config):
-  c = tiny_fm_config
+def test_warm_start_velocity_is_u_minus_x0():
+  import visah_fm
+  c = tiny(visah_fm.get_config("toy"), micro=True)
   batch = _random_batch(c, jax.random.PRNGKey(0))
   t = jnp.array([0.25, 0.5])
   model = Highlighter(c.model)

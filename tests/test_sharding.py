@@ -17,7 +17,7 @@ from jax.sharding import AbstractMesh, PartitionSpec as P
 from avflow.train import sharding
 from conftest import tiny
 
-MESHES = ((8, 1), (2, 4), (1, 8))  # pure data, mixed, pure FSDP
+MESHES = ((8, 1), (2, 4))  # pure data, mixed data and FSDP
 # Subprocesses compile with LLVM's cheap settings (faster; results are compared within one XLA configuration).
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
@@ -114,7 +114,7 @@ def test_one_step_is_the_same_on_every_mesh():
   for data, fsdp in MESHES:
     r = result[f"{data}x{fsdp}"]
     assert r["loss_diff"] <= 1e-5 and r["param_diff"] <= 1e-5, (data, fsdp, r)
-    if fsdp == 8:  # FSDP stores about an eighth of the (mostly large) parameters per device.
+    if fsdp == 4:  # FSDP over 4 devices stores about a quarter of the (mostly large) parameters per device.
       assert r["device0_param_bytes"] < 0.3 * result["param_bytes"], r
 
 

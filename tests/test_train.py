@@ -114,8 +114,11 @@ def test_discriminative_visah_trains(tiny_visah_config, tmp_path):
     assert json.load(f)["prediction"]["mag"] > 0
 
 
-def test_loss_drops_when_fitting_one_batch(tiny_fm_config):
-  c = tiny_fm_config
+def test_loss_drops_when_fitting_one_batch():
+  """The micro model with the toy's FM + rollout objective fits one batch."""
+  import visah_fm
+  toy = visah_fm.get_config("toy")
+  c = tiny(toy, micro=True, **{"objective.rollout_weight": toy.objective.rollout_weight})
   c.optimizer.learning_rate = 3e-3
   c.optimizer.warmup_steps = 0
   c.optimizer.schedule = "constant"
@@ -130,14 +133,6 @@ def test_loss_drops_when_fitting_one_batch(tiny_fm_config):
     state, metrics = step(state, batch, jax.random.PRNGKey(i % 2))
     losses.append(float(metrics["loss"]))
   assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3]), losses
-
-
-def test_non_finite_loss_halts_with_step_and_clip_ids(tiny_visah_config, tmp_path):
-  tiny_visah_config.optimizer.learning_rate = 1e30
-  tiny_visah_config.optimizer.warmup_steps = 0
-  tiny_visah_config.total_steps = 6
-  with pytest.raises(NonFiniteError, match=r"at step \d+ .*clip ids: toy-train"):
-    train(tiny_visah_config, str(tmp_path / "nan"))
 
 
 def test_non_finite_step_between_log_boundaries_is_named_exactly(tiny_visah_config, tmp_path, monkeypatch):
