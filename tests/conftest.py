@@ -20,19 +20,20 @@ sys.path.insert(0, str(ROOT / "configs"))
 from avflow.configs_lib import set_field  # noqa: E402  (after the environment above: JAX reads it on import)
 
 
-# Dotted fields that shrink a toy config so a train step compiles and runs in seconds on 2 CPU cores.
+# Dotted fields that shrink a toy config so a train step compiles and runs in seconds on 2 CPU cores: 2 U-Net levels
+# of width 4 on 32 frequency bins (no DConv BLSTM / attention at that depth), one latent block.
 TINY = {
     "batch_size": 2, "total_steps": 4, "log_every": 1, "eval_every": 4, "checkpoint_every": 2,
     "data.clip_seconds": 1.0, "data.num_train_clips": 16, "data.num_eval_clips": 2, "data.image_size": 16,
-    "eval.batch_size": 2, "eval.num_samples": 1, "model.channels": 4, "model.latent.depth": 1,
-    "model.time_embed_dim": 16, "objective.num_steps": 2, "objective.horizon": 2, "inference.num_steps": 2,
+    "eval.batch_size": 2, "eval.num_samples": 1, "model.channels": 4, "model.nfft": 64, "model.depth": 2,
+    "model.latent.depth": 1, "model.time_embed_dim": 16, "objective.num_steps": 2, "objective.horizon": 2,
+    "inference.num_steps": 2,
 }
-# Smaller still, for tests that compile many steps (meshes, processes): 2 U-Net levels, no BLSTM/attention, FM only.
+# Smaller still, for tests that compile many steps (meshes, processes): 0.25-s clips, the frame encoder, FM only.
 MICRO = {
-    **TINY, "batch_size": 8, "total_steps": 2, "eval_every": 100, "data.clip_seconds": 0.25, "model.nfft": 64,
-    "model.depth": 2, "model.dconv_lstm": 99, "model.dconv_attn": 99, "model.latent.context_dim": 16,
-    "model.conditioning.kind": "frames_tiny", "objective.rollout_weight": 0.0, "optimizer.warmup_steps": 0,
-    "mesh.fsdp_min_size": 64,
+    **TINY, "batch_size": 8, "total_steps": 2, "eval_every": 100, "data.clip_seconds": 0.25, "model.dconv_lstm": 99,
+    "model.dconv_attn": 99, "model.latent.context_dim": 16, "model.conditioning.kind": "frames_tiny",
+    "objective.rollout_weight": 0.0, "optimizer.warmup_steps": 0, "mesh.fsdp_min_size": 64,
 }
 CLIP_KINDS = ("clip", "clip_adapter")
 # The same for a separation (DAVIS) config: 16 x 16 spectrograms of 240 samples, a 2-level U-Net of width 8.
