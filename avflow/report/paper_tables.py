@@ -190,7 +190,7 @@ def _foley_row(label, *values):
 
 TABLES["foleyflow"] = {
     "title": "Foley-Flow: VAMA alignment × dynamic vs global video injection, VAMA masking ratio",
-    "file": "foley_flow",
+    "file": "foleyflow",
     "metrics": V2A_METRICS,
     "paper_metrics": FOLEY_PAPER_METRICS,
     "headline": "fd",
