@@ -149,7 +149,8 @@ def test_side_by_side_with_the_pytorch_mirror_prints_the_speedup():
   import subprocess
   import sys
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  tiny_flags = ["--config.data.clip_seconds=0.5", "--config.model.channels=4", "--config.model.latent.depth=1",
+  tiny_flags = ["--config.data.clip_seconds=0.5", "--config.model.channels=4", "--config.model.nfft=64",
+                "--config.model.depth=2", "--config.model.latent.depth=1",
                 "--config.model.latent.context_dim=16", "--config.model.time_embed_dim=16"]
   res = subprocess.run([sys.executable, "-m", "avflow", "bench", "--what=torch", "--repeats=1", "--torch_threads=1",
                         "--config=configs/visah_fm.py:toy", *tiny_flags],

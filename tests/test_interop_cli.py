@@ -36,9 +36,8 @@ REL_TOL = 1e-4
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _cli(*args, fails=False, env=None):
-  proc = subprocess.run([sys.executable, "-m", "avflow", *args], cwd=ROOT, capture_output=True, text=True,
-                        env={**os.environ, **(env or {})})
+def _cli(*args, fails=False):
+  proc = subprocess.run([sys.executable, "-m", "avflow", *args], cwd=ROOT, capture_output=True, text=True)
   assert (proc.returncode != 0) == fails, proc.stderr[-3000:]
   return proc
 
@@ -96,12 +95,11 @@ def test_public_checkpoint_import_export_round_trip_at_paper_scale(tmp_path):
 
 
 def test_random_init_torch_export_with_its_conditioner_round_trips(tmp_path):
-  """The toy VisAH with its frame encoder: random init -> `.safetensors` (into a missing folder) -> run -> the same
-  tensors; neither command overwrites its input."""
+  """The toy VisAH (2 levels on 32 bins) with its frame encoder: random init -> `.safetensors` (into a missing
+  folder) -> run -> the same tensors; neither command overwrites its input."""
   path = str(tmp_path / "new" / "folder" / "toy.safetensors")
-  # Initializing compiles one random-number kernel per parameter: unoptimized code compiles twice as fast.
-  out = _cli("export", "--config=configs/visah.py:toy", "--random_init", "--format=torch", f"--out={path}",
-             env={"XLA_FLAGS": "--xla_backend_optimization_level=0"}).stdout
+  out = _cli("export", "--config=configs/visah.py:toy", "--config.model.depth=2", "--config.model.nfft=64",
+             "--random_init", "--format=torch", f"--out={path}").stdout
   assert "frame_encoder.*" in out and "context tokens" in out
   network, exported, conditioner = tv.load_export(path)
   assert exported["model"]["time_conditioning"] == "none" and network.time_conditioning == "none"

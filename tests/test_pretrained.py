@@ -7,6 +7,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from flax import traverse_util
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -71,17 +72,23 @@ def weights(tmp_path_factory):
 def _config(clip_weights="", clap_weights="", **fields):
   import visah_fm
   config = tiny(visah_fm.get_config("toy_va"), encoders=True)
-  # Three steps, as the V+A test of test_train.py (the same compiled step): the first has lr 0 (warm-up).
+  # Three steps: the first has lr 0 (warm-up), the second moves only the zero-initialized latent output layer.
   config.update(total_steps=3, eval_every=3, checkpoint_every=3, **fields)
   config.model.conditioning.update(clip_weights=clip_weights, clap_weights=clap_weights, random_encoders=False)
   return config
 
 
 def test_a_run_starts_from_the_weights_and_its_checkpoint_carries_them(weights, tmp_path):
+  """The paper's V+A conditioning (`toy_va`, the toy default: CLIP + CLAP on x0 + the adapter) through train and
+  eval, its encoders read from files and frozen."""
+  import visah_fm
+  assert visah_fm.get_config("toy").to_json() == visah_fm.get_config("toy_va").to_json()
   run = str(tmp_path / "run")
   config = _config(weights["clip"], weights["clap"])
   train(config, run)
   params = checkpoint.load_params(run)
+  with open(os.path.join(run, "eval.json")) as f:
+    assert np.isfinite(json.load(f)["prediction"]["ldif"])
 
   # The frozen encoders in the checkpoint are the saved tensors, bit for bit (the adapter trains).
   clip_saved, clip_files = hf_import.load_pretrained(weights["clip"])
@@ -95,7 +102,8 @@ def test_a_run_starts_from_the_weights_and_its_checkpoint_carries_them(weights, 
     counts[name] = len(expected)
     for key, value in stored.items():
       np.testing.assert_array_equal(_bits(value), _bits(saved[key]), err_msg=key)
-  assert float(params["clip"]["adapter"]["lambda_e"]) != 0.0
+  lambdas = [v for k, v in traverse_util.flatten_dict(params, sep="/").items() if k.endswith("lambda_e")]
+  assert lambdas and all(float(v) != 0.0 for v in lambdas)  # λ_E leaves its zero init
 
   with open(os.path.join(run, checkpoint.CONFIG_FILE)) as f:
     record = json.load(f)[checkpoint.PRETRAINED_KEY]

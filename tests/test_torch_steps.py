@@ -13,8 +13,8 @@ from avflow.train.state import create_train_state, make_optimizer
 
 
 def test_torch_fm_and_rollout_loss_equal_avflow_objective(tiny_fm_config):
+  """The tiny U-Net's merge layer is its last level: the bottleneck keeps a single frequency row."""
   c = tiny_fm_config
-  c.model.update(depth=4, nfft=256)  # the toy U-Net: the PyTorch mirror fails where the merge layer is the last level
   c.model.conditioning.update(kind="features", features_key="context")
   c.objective.update(rollout_weight=0.3, num_steps=2, horizon=2)  # H = N: every rollout starts at k = 0
   model = Highlighter(c.model)

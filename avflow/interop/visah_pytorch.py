@@ -727,6 +727,8 @@ class HDemucsRemixer(nn.Module):
         x = x + self.freq_emb_scale * emb[None, :, :, None]
       saved.append(x)
 
+    if x.dim() == 4:  # the merge layer was the last: the bottleneck still has its single frequency row
+      x = x[:, :, 0]
     x = self.latent_transformer(x, context, time_token)
 
     offset = len(self.decoder) - len(self.tdecoder)
