@@ -16,8 +16,7 @@ from avflow.models.visah.highlighter import Highlighter
 from avflow.train import checkpoint, distributed
 from avflow.train.state import create_train_state, make_optimizer
 from avflow.train.step import make_train_step
-from conftest import MICRO, tiny
-from test_sharding import FAST_COMPILE
+from conftest import FAST_COMPILE, MICRO, tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Global batch 4 (2 rows per process); parameters sharded across the two processes (FSDP over hosts).

@@ -119,8 +119,9 @@ def test_long_mixture_joins_the_separations_of_its_windows(run):
     covering[row, start:start + WINDOW] = result
   assert np.all(out >= np.nanmin(covering, 0) - 1e-6 * scale) and np.all(out <= np.nanmax(covering, 0) + 1e-6 * scale)
   assert np.abs(out[1535:2047] - alone[0][1535:]).max() > 1e-3 * scale  # the cross-fade does mix the windows
-  # Every window starts from the same x0, so windows batched within a memory budget give the same result.
-  np.testing.assert_allclose(separate(run, mixture, frames, rate, BUDGET), out, rtol=1e-5, atol=1e-6 * scale)
+  # Every window starts from the same x0, so windows batched within a memory budget give the same result (up to
+  # float rounding, which may differ with the batch's size).
+  np.testing.assert_allclose(separate(run, mixture, frames, rate, BUDGET), out, rtol=1e-4, atol=1e-6 * scale)
 
 
 def test_video_input_and_the_frames_of_another_video(sep_run, run, tmp_path):

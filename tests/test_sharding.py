@@ -15,11 +15,9 @@ import pytest
 from jax.sharding import AbstractMesh, PartitionSpec as P
 
 from avflow.train import sharding
-from conftest import tiny
+from conftest import FAST_COMPILE, tiny
 
 MESHES = ((2, 4),)  # data parallel over 2, parameters sharded over 4 (FSDP): both axes at once
-# Subprocesses compile with LLVM's cheap settings (faster; results are compared within one XLA configuration).
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
 
 def test_fsdp_rule_shards_the_largest_divisible_dimension():

@@ -212,7 +212,7 @@ def _caption_run(workdir, row: str) -> str:
   return str(workdir)
 
 
-def test_highlight_takes_a_caption_for_caption_conditioned_runs(t5, tmp_path):
+def test_highlight_takes_a_caption_for_caption_conditioned_runs(t5, tmp_path, run_dir):
   """Rows V+T (adapter over CLIP) and T (caption features only): `highlight --caption --text_encoder` encodes the
   caption and the output follows it; a missing caption, or one given to a run without text, is a clear error."""
   from avflow.inference import load_run, rebalance
@@ -257,6 +257,5 @@ def test_highlight_takes_a_caption_for_caption_conditioned_runs(t5, tmp_path):
                   f"--text_encoder={tmp_path / 'no_such_t5'}")
   assert res.returncode != 0 and "does not exist" in res.stderr, res.stderr[-2000:]
 
-  workdir = _caption_run(tmp_path / "va", "va")
-  res = highlight(tmp_path / "x.wav", f"--workdir={workdir}", f"--frames={frames_dir}", "--caption=a dog")
+  res = highlight(tmp_path / "x.wav", f"--workdir={run_dir}", f"--frames={frames_dir}", "--caption=a dog")
   assert res.returncode != 0 and "not conditioned on captions; drop --caption" in res.stderr, res.stderr[-2000:]
