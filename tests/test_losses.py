@@ -10,7 +10,8 @@ def _torch_reference(pred, target):
   total = 0.0
   for n_fft, hop in ((2048, 1024), (1024, 512), (512, 256)):
     def mag(x):
-      z = torch.stft(torch.from_numpy(x), n_fft, hop, n_fft, torch.hann_window(n_fft), return_complex=False)
+      z = torch.view_as_real(torch.stft(torch.from_numpy(x), n_fft, hop, n_fft, torch.hann_window(n_fft),
+                                        return_complex=True))
       return torch.sqrt(torch.clamp(z[..., 0] ** 2 + z[..., 1] ** 2, min=1e-7))
     total += torch.mean(torch.abs(torch.log(mag(target)) - torch.log(mag(pred)))).item()
   return 0.1 * total / 3

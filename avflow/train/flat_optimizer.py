@@ -107,7 +107,7 @@ class FlatOptimizer:
     new_inner = jax.tree.map(
         lambda t, buffer, sub: jax.tree.unflatten(jax.tree.structure(sub), _split(buffer, jax.tree.leaves(sub)))
         if is_moment(t) else buffer, template, new_state, inner)
-    return jax.tree.unflatten(treedef, p_leaves), self._with_inner(opt_state, new_inner), finite, optax.global_norm(g)
+    return jax.tree.unflatten(treedef, p_leaves), self._with_inner(opt_state, new_inner), finite, optax.tree.norm(g)
 
   def _apply_per_leaf(self, grads, opt_state, params, finite_loss, trainable_grads: list):
     updates, new_state = self.per_leaf.update(grads, opt_state, params)
@@ -116,4 +116,4 @@ class FlatOptimizer:
       updates = jax.tree.map(lambda u, m: u * jnp.asarray(m, u.dtype), updates, scales)
     finite = finite_loss & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in trainable_grads]))
     return (_keep(finite, optax.apply_updates(params, updates), params), _keep(finite, new_state, opt_state), finite,
-            optax.global_norm(trainable_grads))
+            optax.tree.norm(trainable_grads))
