@@ -168,3 +168,30 @@ def test_weights_of_the_wrong_shape_get_the_importer_report(tmp_path):
   assert msg.startswith(f"model.conditioning.clap_weights={tmp_path / 'clap.bin'}: checkpoint does not match")
   assert "audio_projection.linear1.weight: checkpoint (40, 64) -> (64, 40), expected (64, 32)" in msg
   assert "missing (0)" in msg and "unexpected (0)" in msg
+
+
+def test_init_leaves_out_the_imported_encoders_and_draws_the_rest_alike():
+  """`init_params(without=...)` skips the frozen CLIP the weights file will fill: its leaves come back as shapes, and
+  every other leaf is the full init's, bit for bit."""
+  import visah_fm
+  from flax import traverse_util as tu
+  from avflow.models.visah.highlighter import Highlighter
+  from avflow.train.state import abstract_batch, init_params
+  config = tiny(visah_fm.get_config("toy"), micro=True, **{"model.conditioning.kind": "clip",
+                                                          "model.latent.context_dim": 24})
+  assert pretrained.imported_prefixes(config) == ()  # no weights configured: everything is drawn
+  config.model.conditioning.clip_weights = "clip"  # only named here, never read
+  without = pretrained.imported_prefixes(config)
+  assert without == ("clip/vision_model", "clip/visual_projection")
+  model = Highlighter(config.model)
+  batch = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), abstract_batch(config, 2))
+  full = tu.flatten_dict(init_params(model, config, batch), sep="/")
+  part = tu.flatten_dict(init_params(model, config, batch, without), sep="/")
+  assert set(full) == set(part)
+  left_out = {k for k, v in part.items() if isinstance(v, jax.ShapeDtypeStruct)}
+  assert left_out == {k for k in full if k.startswith(tuple(p + "/" for p in without))} and len(left_out) < len(full)
+  for key, value in full.items():
+    if key in left_out:
+      assert (part[key].shape, part[key].dtype) == (value.shape, value.dtype), key
+    else:
+      np.testing.assert_array_equal(_bits(part[key]), _bits(value), err_msg=key)

@@ -23,7 +23,7 @@ from avflow import tasks
 from avflow.data.pipeline import device_batch
 from avflow.errors import AvflowError, RunExistsError
 from avflow.train import checkpoint, distributed, pretrained, sharding
-from avflow.train.state import TrainState, check_batch, create_train_state, make_optimizer
+from avflow.train.state import TrainState, check_batch, create_train_state, init_params, make_optimizer
 from avflow.train.step import jit, make_predict_fn, make_train_step
 
 log = logging.getLogger(__name__)
@@ -133,15 +133,16 @@ def train(config, workdir: str, resume: bool = False) -> TrainState:
   check_batch(config, first)
   example = sharding.global_batch(device_batch(first), data_sharding)
 
-  state = create_train_state(model, config, example, tx)
+  # The frozen encoders' weights are read from files (a resumed run restores them from its checkpoint), so the
+  # init leaves them out.
+  params = init_params(model, config, example, without=() if resuming else pretrained.imported_prefixes(config))
   if config.init_from:
-    params = merge_params(jax.device_get(state.params), checkpoint.load_params(config.init_from))
-    state = state.replace(params=params, opt_state=tx.init(params))
-  if not resuming:  # the frozen encoders' weights; a resumed run restores them from its checkpoint
-    params, loaded = pretrained.load_weights(config, jax.device_get(state.params))
+    params = merge_params(jax.device_get(params), checkpoint.load_params(config.init_from))
+  if not resuming:
+    params, loaded = pretrained.load_weights(config, jax.device_get(params))
     if loaded:
-      state = state.replace(params=params)
       checkpoint.save_config(workdir, config, loaded)
+  state = create_train_state(model, config, example, tx, params)
   state_sharding = sharding.state_sharding(state, mesh, config.mesh)
   state = jax.device_put(state, state_sharding)
   if resuming:

@@ -59,6 +59,16 @@ def _replace(params, path, value):
   return {**params, path[0]: _replace(params[path[0]], path[1:], value)}
 
 
+def imported_prefixes(config) -> tuple[str, ...]:
+  """The frozen parameter prefixes `load_weights` fills from files (`state.init_params` need not draw them)."""
+  cond = config.model.conditioning
+  task = tasks.get(config)
+  subtrees = ["/".join(path) for encoder, path in task.pretrained_encoders(config.model).items()
+              if cond.get(f"{encoder}_weights")]
+  return tuple(p for p in task.frozen_prefixes(config.model)
+               if any(p == s or p.startswith(s + "/") for s in subtrees))
+
+
 def load_weights(config, params: Any) -> tuple[Any, dict]:
   """`params` with the configured encoder weights imported, and what was loaded per encoder: the field, the
   path, the files read and the number of (frozen) tensors imported. `hf_import.CheckpointMismatchError` names
