@@ -19,14 +19,15 @@ def path_name(path: tuple) -> str:
   return "/".join(str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path)
 
 
-def _is_under(name: str, prefixes: tuple[str, ...]) -> bool:
+def is_under(name: str, prefixes: tuple[str, ...]) -> bool:
+  """Whether the `/`-joined parameter path `name` is one of `prefixes` or lies below one."""
   return any(name == p or name.startswith(p.rstrip("/") + "/") for p in prefixes)
 
 
 def frozen_mask(params: Any, frozen_prefixes: Iterable[str]) -> Any:
   """Pytree of bools, True where the leaf is frozen."""
   prefixes = tuple(frozen_prefixes)
-  return jax.tree_util.tree_map_with_path(lambda path, _: _is_under(path_name(path), prefixes), params)
+  return jax.tree_util.tree_map_with_path(lambda path, _: is_under(path_name(path), prefixes), params)
 
 
 def partition_labels(params: Any, frozen_prefixes: Iterable[str]) -> Any:
@@ -48,13 +49,13 @@ def update_scales(params: Any, frozen_prefixes: Iterable[str], lr_multipliers: M
   names = jax.tree.leaves(jax.tree_util.tree_map_with_path(lambda path, _: path_name(path), params))
   trainable = [n for n, frozen in zip(names, jax.tree.leaves(frozen_mask(params, frozen_prefixes))) if not frozen]
   for prefix in lr_multipliers:
-    if not any(_is_under(n, (prefix,)) for n in trainable):
+    if not any(is_under(n, (prefix,)) for n in trainable):
       top = sorted({n.split("/")[0] for n in trainable})
       raise ValueError(f"optimizer.lr_multipliers names {prefix!r}, which holds no trainable parameter; the trainable "
                        f"top-level subtrees are {', '.join(top)}")
 
   def factor(path, _):
-    held = [p for p in lr_multipliers if _is_under(path_name(path), (p,))]
+    held = [p for p in lr_multipliers if is_under(path_name(path), (p,))]
     return float(lr_multipliers[max(held, key=len)]) if held else 1.0
 
   return jax.tree_util.tree_map_with_path(factor, params)

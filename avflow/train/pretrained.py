@@ -19,7 +19,7 @@ import jax
 from avflow import tasks
 from avflow.errors import AvflowError
 from avflow.interop import hf_import
-from avflow.train.partition import frozen_mask
+from avflow.train.partition import frozen_mask, is_under
 
 IMPORTERS = {"clip": hf_import.import_clip, "clap": hf_import.import_clap}
 
@@ -65,8 +65,7 @@ def imported_prefixes(config) -> tuple[str, ...]:
   task = tasks.get(config)
   subtrees = ["/".join(path) for encoder, path in task.pretrained_encoders(config.model).items()
               if cond.get(f"{encoder}_weights")]
-  return tuple(p for p in task.frozen_prefixes(config.model)
-               if any(p == s or p.startswith(s + "/") for s in subtrees))
+  return tuple(p for p in task.frozen_prefixes(config.model) if is_under(p, tuple(subtrees)))
 
 
 def load_weights(config, params: Any) -> tuple[Any, dict]:
