@@ -71,7 +71,7 @@ def test_two_processes_train_like_one_process_on_the_same_global_batches(tmp_pat
   np.testing.assert_allclose([logged[s] for s in losses], list(losses.values()), rtol=1e-5)
 
   # The checkpoint both processes wrote (orbax, collectively) restores into the one-device layout.
-  restored = checkpoint.Checkpointer(workdir).restore(state)
+  restored = checkpoint.Checkpointer(workdir, optimizer=tx).restore(state)
   diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a) - np.asarray(b)))), restored.params,
                        state.params)
   assert max(jax.tree.leaves(diffs)) <= 1e-5

@@ -10,6 +10,7 @@ from typing import Any
 import grain
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from avflow.configs_lib import flat_fields
@@ -35,10 +36,31 @@ class ConfigMismatchError(AvflowError, ValueError):
   """`--resume` was asked to continue a run with a config that differs in fields outside `RESUMABLE_FIELDS`."""
 
 
-class Checkpointer:
-  """Saves/restores `{state, data}` under `<workdir>/checkpoints/<step>`."""
+def _put(x: np.ndarray, sharding) -> Any:
+  """The host array `x` as a jax array of `sharding` (each process holds the same `x`); `x` itself without one."""
+  if sharding is None:
+    return x
+  return jax.make_array_from_callback(np.shape(x), sharding, lambda index: x[index])
 
-  def __init__(self, workdir: str, max_to_keep: int = 3, async_save: bool = True):
+
+def _replicated(tree: Any):
+  """The sharding that puts a whole array on every device `tree`'s first array lives on (None for host arrays)."""
+  sharding = getattr(jax.tree.leaves(tree)[0], "sharding", None)
+  if isinstance(sharding, jax.sharding.NamedSharding):
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+  return sharding
+
+
+class Checkpointer:
+  """Saves/restores `{state, data}` under `<workdir>/checkpoints/<step>`.
+
+  With `optimizer` (the run's `FlatOptimizer`), a `TrainState`'s optimizer state is saved in the per-leaf layout
+  and restored into the layout the train step carries (`FlatOptimizer.saved_state` / `buffer_state`), so a
+  checkpoint does not depend on how the step holds its moments.
+  """
+
+  def __init__(self, workdir: str, max_to_keep: int = 3, async_save: bool = True, optimizer=None):
+    self.optimizer = optimizer
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
                                            create=True)
@@ -47,7 +69,14 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
+  def _converts(self) -> bool:
+    return self.optimizer is not None and self.optimizer.one_buffer
+
   def save(self, step: int, state: Any, data_iterator=None) -> None:
+    if self._converts():
+      saved = self.optimizer.saved_state(state.opt_state, state.params)
+      sharding = _replicated(state.opt_state)
+      state = state.replace(opt_state=jax.tree.map(lambda x: _put(x, sharding), saved))
     items = {"state": ocp.args.StandardSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -59,10 +88,20 @@ class Checkpointer:
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_template)
+    if self._converts():
+      sharding = _replicated(state_template.opt_state)
+      abstract = abstract.replace(opt_state=jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+          jax.eval_shape(self.optimizer.per_leaf.init, state_template.params)))
     items = {"state": ocp.args.StandardRestore(abstract)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    return self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+    state = self.manager.restore(step, args=ocp.args.Composite(**items))["state"]
+    if self._converts():
+      opt_state = self.optimizer.buffer_state(state.opt_state, state.params)
+      state = state.replace(opt_state=jax.tree.map(lambda x, like: _put(x, getattr(like, "sharding", None)),
+                                                   opt_state, state_template.opt_state))
+    return state
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

@@ -3,15 +3,18 @@ concatenation of all trainable parameters instead of leaf by leaf.
 
 Per leaf, optax's chain lowers to ~46 lines of StableHLO (the paper-scale model has 563 leaves: 25,800 lines, more
 than its forward and backward together) and the finiteness check and the skip add ~6 more; on one buffer they are a
-few dozen lines in all, and each leaf costs one line to concatenate and two to split back. The optimizer state keeps
-the per-leaf layout of `freeze(tx, frozen_prefixes)` (the checkpoint layout does not change); it is converted to the
-buffer and back inside the step, where XLA turns the conversions into copies.
+few dozen lines in all. The optimizer state the train step carries is `tx`'s state for the buffer (Adam's moments
+are two vectors), so only the parameters are cut back into leaves inside the step; checkpoints keep the per-leaf
+layout of `freeze(tx, frozen_prefixes)`, converted on the host when saving and restoring (`saved_state`,
+`buffer_state`): converting inside the step cost one kernel per leaf and moment, ~17 of the paper-shape step's
+62 s of compile on 2 CPU cores.
 """
 import itertools
 from typing import Any, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from avflow.train.partition import TRAINABLE, freeze, frozen_mask, update_scales
@@ -21,11 +24,10 @@ def _concat(leaves: list) -> jax.Array:
   return jnp.concatenate([jnp.ravel(x) for x in leaves])
 
 
-def _split(buffer: jax.Array, like: list) -> list:
-  """`buffer` cut into arrays of the shapes and dtypes of the `like` leaves (the inverse of `_concat`)."""
-  offsets = [0]
-  for x in like:
-    offsets.append(offsets[-1] + x.size)
+def _split(buffer, like: list) -> list:
+  """`buffer` (a jax or numpy vector) cut into arrays of the shapes and dtypes of the `like` leaves (the inverse of
+  `_concat`)."""
+  offsets = np.cumsum([0] + [int(np.prod(x.shape)) for x in like])
   return [buffer[a:b].reshape(x.shape).astype(x.dtype) for a, b, x in zip(offsets, offsets[1:], like)]
 
 
@@ -37,10 +39,9 @@ def _keep(finite: jax.Array, new: Any, old: Any) -> Any:
 class FlatOptimizer:
   """`tx` applied to the trainable parameters as one buffer; frozen ones keep their values and have no state.
 
-  `init(params)` is `freeze(tx, frozen_prefixes).init(params)` (or `tx.init` without frozen prefixes), so a state
-  built, saved or restored before is the same tree. With `one_buffer=False` (parameters sharded over devices, FSDP)
-  the same update runs leaf by leaf, where each shard updates locally: one buffer would gather every parameter onto
-  every device.
+  With `one_buffer=False` (parameters sharded over devices, FSDP) the same update runs leaf by leaf, where each
+  shard updates locally (one buffer would gather every parameter onto every device), and the state is the per-leaf
+  one throughout.
 
   `lr_multipliers` ({prefix: factor}) scales the updates of the trainable subtrees under each prefix after `tx`: a
   learning rate `factor` times the schedule's for that part of the model (Adam's step does not see a gradient
@@ -56,11 +57,23 @@ class FlatOptimizer:
 
   @property
   def per_leaf(self) -> optax.GradientTransformation:
-    """The transformation whose state layout the train state keeps."""
+    """The transformation whose state layout checkpoints keep."""
     return freeze(self.tx, self.frozen_prefixes) if self.frozen_prefixes else self.tx
 
+  def _trainable(self, params: Any) -> list[int]:
+    """Indices of the trainable leaves among `params`' leaves (the buffer's order)."""
+    return [i for i, frozen in enumerate(jax.tree.leaves(frozen_mask(params, self.frozen_prefixes))) if not frozen]
+
+  def _buffer_shape(self, params: Any) -> jax.ShapeDtypeStruct:
+    leaves = jax.tree.leaves(params)
+    return jax.eval_shape(lambda *t: _concat(t), *[leaves[i] for i in self._trainable(params)])
+
   def init(self, params: Any) -> Any:
-    return self.per_leaf.init(params)
+    """The state the train step carries: `tx`'s state for the buffer (`per_leaf`'s with `one_buffer=False`)."""
+    if not self.one_buffer:
+      return self.per_leaf.init(params)
+    buffer = self._buffer_shape(params)
+    return self.tx.init(jnp.zeros(buffer.shape, buffer.dtype))
 
   def _inner(self, opt_state):
     return opt_state.inner_states[TRAINABLE].inner_state if self.frozen_prefixes else opt_state
@@ -72,6 +85,33 @@ class FlatOptimizer:
     states[TRAINABLE] = states[TRAINABLE]._replace(inner_state=inner)
     return opt_state._replace(inner_states=states)
 
+  def _moments(self, params: Any):
+    """(the buffer state's shapes, whether a leaf of it is a moment: a vector of the buffer's length that stands
+    for a subtree of per-leaf moments in the checkpoint layout)."""
+    buffer = self._buffer_shape(params)
+    return jax.eval_shape(self.tx.init, buffer), lambda t: tuple(t.shape) == buffer.shape
+
+  def saved_state(self, opt_state: Any, params: Any) -> Any:
+    """`opt_state` in the checkpoint layout (`per_leaf`'s state), as numpy arrays: the moments cut into leaves.
+    The identity with `one_buffer=False`."""
+    if not self.one_buffer:
+      return opt_state
+    layout = jax.eval_shape(self.per_leaf.init, params)
+    template, is_moment = self._moments(params)
+    inner = jax.tree.map(
+        lambda t, value, sub: jax.tree.unflatten(jax.tree.structure(sub), _split(value, jax.tree.leaves(sub)))
+        if is_moment(t) else value, template, jax.device_get(opt_state), self._inner(layout))
+    return self._with_inner(layout, inner)
+
+  def buffer_state(self, saved: Any, params: Any) -> Any:
+    """The inverse of `saved_state`: the state the train step carries, as numpy arrays, from the checkpoint
+    layout."""
+    if not self.one_buffer:
+      return saved
+    template, is_moment = self._moments(params)
+    return jax.tree.map(lambda t, sub: np.concatenate([np.ravel(x) for x in jax.tree.leaves(sub)]).astype(t.dtype)
+                        if is_moment(t) else np.asarray(sub), template, jax.device_get(self._inner(saved)))
+
   def apply(self, grads: Any, opt_state: Any, params: Any, finite_loss: jax.Array):
     """One optimizer step → (params, opt_state, finite, grad_norm).
 
@@ -80,19 +120,13 @@ class FlatOptimizer:
     clips).
     """
     p_leaves, treedef = jax.tree.flatten(params)
-    trainable = [i for i, frozen in enumerate(jax.tree.leaves(frozen_mask(params, self.frozen_prefixes)))
-                 if not frozen]
+    trainable = self._trainable(params)
     g_leaves = jax.tree.leaves(grads)
     if not self.one_buffer:
       return self._apply_per_leaf(grads, opt_state, params, finite_loss, [g_leaves[i] for i in trainable])
     g = _concat([g_leaves[i] for i in trainable])
     p = _concat([p_leaves[i] for i in trainable])
-    inner = self._inner(opt_state)
-    # Leaves of the buffer state that are vectors of the buffer's length stand for a subtree of per-leaf moments.
-    template = jax.eval_shape(self.tx.init, p)
-    is_moment = lambda t: t.shape == p.shape  # noqa: E731
-    state = jax.tree.map(lambda t, sub: _concat(jax.tree.leaves(sub)) if is_moment(t) else sub, template, inner)
-    updates, new_state = self.tx.update(g, state, p)
+    updates, new_state = self.tx.update(g, opt_state, p)
     if self.lr_multipliers:
       # A subtree's leaves are contiguous in the buffer: a few runs of one factor each, broadcast, not stored.
       leaves = jax.tree.leaves(update_scales(params, self.frozen_prefixes, self.lr_multipliers))
@@ -101,13 +135,9 @@ class FlatOptimizer:
       updates = updates * jnp.concatenate([jnp.full((n,), f, updates.dtype) for f, n in runs])
     finite = finite_loss & jnp.all(jnp.isfinite(g))
     p = _keep(finite, optax.apply_updates(p, updates), p)
-    new_state = _keep(finite, new_state, state)
     for i, leaf in zip(trainable, _split(p, [p_leaves[i] for i in trainable])):
       p_leaves[i] = leaf
-    new_inner = jax.tree.map(
-        lambda t, buffer, sub: jax.tree.unflatten(jax.tree.structure(sub), _split(buffer, jax.tree.leaves(sub)))
-        if is_moment(t) else buffer, template, new_state, inner)
-    return jax.tree.unflatten(treedef, p_leaves), self._with_inner(opt_state, new_inner), finite, optax.tree.norm(g)
+    return jax.tree.unflatten(treedef, p_leaves), _keep(finite, new_state, opt_state), finite, optax.tree.norm(g)
 
   def _apply_per_leaf(self, grads, opt_state, params, finite_loss, trainable_grads: list):
     updates, new_state = self.per_leaf.update(grads, opt_state, params)

@@ -108,7 +108,8 @@ def train(config, workdir: str, resume: bool = False) -> TrainState:
     pretrained.check_weights(config)  # before anything starts, let alone compiles
   distributed.initialize()
   os.makedirs(workdir, exist_ok=True)
-  ckpt = checkpoint.Checkpointer(workdir)
+  tx = make_optimizer(config)
+  ckpt = checkpoint.Checkpointer(workdir, optimizer=tx)
   if ckpt.latest_step() is not None and not resume:
     raise RunExistsError(f"{workdir} already holds checkpoints (step {ckpt.latest_step()}): pass --resume to "
                          "continue that run, or choose a new --workdir")
@@ -121,7 +122,6 @@ def train(config, workdir: str, resume: bool = False) -> TrainState:
 
   task = tasks.get(config)
   model = task.build(config.model)
-  tx = make_optimizer(config)
   mesh = sharding.make_mesh(config.mesh)
   data_sharding = sharding.batch_sharding(mesh)
   train_ds = task.dataset(task.source(config.data, "train"), config.data, batch_size=config.batch_size,
