@@ -14,7 +14,7 @@ import soundfile as sf
 
 from avflow.data.pipeline import device_batch, make_dataset, make_source
 from avflow.models.visah.highlighter import Highlighter
-from avflow.train import checkpoint
+from avflow.train import checkpoint, loop
 from avflow.train.loop import NonFiniteError, train
 from avflow.train.state import create_train_state, make_optimizer
 from avflow.train.step import make_train_step
@@ -35,7 +35,7 @@ def _losses(workdir):
     return {r["step"]: r["loss"] for r in map(json.loads, f)}
 
 
-def test_flow_matching_run_writes_checkpoints_eval_and_samples(tiny_fm_config, tmp_path):
+def test_flow_matching_run_writes_checkpoints_eval_and_samples(tiny_fm_config, tmp_path, monkeypatch):
   workdir = str(tmp_path / "run")
   state = train(tiny_fm_config, workdir)
   assert int(state.step) == 4
@@ -66,7 +66,9 @@ def test_flow_matching_run_writes_checkpoints_eval_and_samples(tiny_fm_config, t
   assert "model.conditioning.modalities: [\"audio\"] → [\"audio\", \"text\"]; optimizer.learning_rate: 0.002 → " \
          "0.0001 (only total_steps, " in str(refused.value)
   assert checkpoint.load_config(workdir).optimizer.learning_rate == 0.002
-  # The run's length and its evaluation / checkpoint cadence may change: two more steps, then one evaluation.
+  # The run's length and its evaluation / checkpoint cadence may change: two more steps, then one evaluation. The
+  # state comes from the checkpoint alone: nothing is initialised.
+  monkeypatch.setattr(loop, "init_params", lambda *args, **kwargs: pytest.fail("a resumed run ran the init"))
   longer = tiny_fm_config.copy_and_resolve_references()
   longer.update(total_steps=6, checkpoint_every=6, eval_every=6)
   assert int(train(longer, workdir, resume=True).step) == 6

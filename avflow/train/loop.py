@@ -133,21 +133,24 @@ def train(config, workdir: str, resume: bool = False) -> TrainState:
   check_batch(config, first)
   example = sharding.global_batch(device_batch(first), data_sharding)
 
-  # The frozen encoders' weights are read from files (a resumed run restores them from its checkpoint), so the
-  # init leaves them out.
-  params = init_params(model, config, example, without=() if resuming else pretrained.imported_prefixes(config))
-  if config.init_from:
-    params = merge_params(jax.device_get(params), checkpoint.load_params(config.init_from))
-  if not resuming:
+  if resuming:
+    # The state comes whole from the checkpoint: its shapes are traced, nothing is initialised or compiled for it.
+    abstract = jax.eval_shape(lambda batch: create_train_state(model, config, batch, tx), example)
+    state_sharding = sharding.state_sharding(abstract, mesh, config.mesh)
+    state = ckpt.restore(jax.tree.map(lambda x, where: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=where),
+                                      abstract, state_sharding), data_iter)
+    log.info("resumed from step %d", int(state.step))
+  else:
+    # The frozen encoders' weights are read from files, so the init leaves them out.
+    params = init_params(model, config, example, without=pretrained.imported_prefixes(config))
+    if config.init_from:
+      params = merge_params(jax.device_get(params), checkpoint.load_params(config.init_from))
     params, loaded = pretrained.load_weights(config, jax.device_get(params))
     if loaded:
       checkpoint.save_config(workdir, config, loaded)
-  state = create_train_state(model, config, example, tx, params)
-  state_sharding = sharding.state_sharding(state, mesh, config.mesh)
-  state = jax.device_put(state, state_sharding)
-  if resuming:
-    state = ckpt.restore(state, data_iter)
-    log.info("resumed from step %d", int(state.step))
+    state = create_train_state(model, config, example, tx, params)
+    state_sharding = sharding.state_sharding(state, mesh, config.mesh)
+    state = jax.device_put(state, state_sharding)
 
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   train_step = jit(make_train_step(model, config, tx), donate_argnums=(0,),
