@@ -26,9 +26,9 @@ def _concat(leaves: list) -> jax.Array:
 
 def _split(buffer, like: list) -> list:
   """`buffer` (a jax or numpy vector) cut into arrays of the shapes and dtypes of the `like` leaves (the inverse of
-  `_concat`)."""
+  `_concat`; numpy pieces are views where the dtype agrees)."""
   offsets = np.cumsum([0] + [int(np.prod(x.shape)) for x in like])
-  return [buffer[a:b].reshape(x.shape).astype(x.dtype) for a, b, x in zip(offsets, offsets[1:], like)]
+  return [buffer[a:b].reshape(x.shape).astype(x.dtype, copy=False) for a, b, x in zip(offsets, offsets[1:], like)]
 
 
 def _keep(finite: jax.Array, new: Any, old: Any) -> Any:
@@ -109,7 +109,7 @@ class FlatOptimizer:
     if not self.one_buffer:
       return saved
     template, is_moment = self._moments(params)
-    return jax.tree.map(lambda t, sub: np.concatenate([np.ravel(x) for x in jax.tree.leaves(sub)]).astype(t.dtype)
+    return jax.tree.map(lambda t, sub: np.concatenate([np.ravel(x) for x in jax.tree.leaves(sub)]).astype(t.dtype, copy=False)
                         if is_moment(t) else np.asarray(sub), template, jax.device_get(self._inner(saved)))
 
   def apply(self, grads: Any, opt_state: Any, params: Any, finite_loss: jax.Array):
