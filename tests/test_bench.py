@@ -1,6 +1,10 @@
 """The bench's FLOP counter, memory figures and table (the measurements themselves run in `python -m avflow bench`),
 and the XLA:CPU options every avflow step is compiled with."""
+import json
+import os
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -93,27 +97,23 @@ def test_jit_keeps_reductions_over_time_out_of_ynnpack_on_cpu(monkeypatch):
   assert _ynn_fusion_ops(step.jit(fn), *args) == default
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MICRO_FLAGS = ["--config.data.clip_seconds=1.0", "--config.data.image_size=16", "--config.model.channels=4",
+               "--config.model.nfft=64", "--config.model.depth=2", "--config.model.dconv_lstm=99",
+               "--config.model.dconv_attn=99", "--config.model.latent.depth=1", "--config.model.latent.context_dim=16",
+               "--config.model.time_embed_dim=16", "--config.inference.num_steps=2"]
+
+
 def _bench_infer(env):
-  import json
-  import os
-  import subprocess
-  import sys
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  micro_flags = ["--config.data.clip_seconds=1.0", "--config.data.image_size=16", "--config.model.channels=4",
-                 "--config.model.nfft=64", "--config.model.depth=2", "--config.model.dconv_lstm=99",
-                 "--config.model.dconv_attn=99", "--config.model.latent.depth=1",
-                 "--config.model.conditioning.kind=frames_tiny", "--config.model.latent.context_dim=16",
-                 "--config.model.time_embed_dim=16", "--config.inference.num_steps=2"]
   res = subprocess.run([sys.executable, "-m", "avflow", "bench", "--what=infer", "--repeats=1", "--batch_size=2",
-                        *micro_flags],
-                       cwd=root, env=env, capture_output=True, text=True, timeout=600)
+                        *MICRO_FLAGS, "--config.model.conditioning.kind=frames_tiny"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
   return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def test_compilation_cache_is_on_by_default_in_the_user_cache(tmp_path):
   """Two benches in a fresh home: the first compiles and fills ~/.cache/avflow/jax, the second loads from it."""
-  import os
   home = tmp_path / "home"
   home.mkdir()
   env = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR", "XDG_CACHE_HOME")}
@@ -144,17 +144,12 @@ def test_compilation_cache_folder_choice(monkeypatch, tmp_path):
 
 def test_side_by_side_with_the_pytorch_mirror_prints_the_speedup():
   """`bench --what=torch` at a tiny toy shape on CPU: both sides timed, the ratios are the times' ratios."""
-  import json
-  import os
-  import subprocess
-  import sys
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   tiny_flags = ["--config.data.clip_seconds=0.5", "--config.model.channels=4", "--config.model.nfft=64",
                 "--config.model.depth=2", "--config.model.latent.depth=1",
                 "--config.model.latent.context_dim=16", "--config.model.time_embed_dim=16"]
   res = subprocess.run([sys.executable, "-m", "avflow", "bench", "--what=torch", "--repeats=1", "--torch_threads=1",
                         "--config=configs/visah_fm.py:toy", *tiny_flags],
-                       cwd=root, capture_output=True, text=True, timeout=600)
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
   figures = json.loads(res.stdout.strip().splitlines()[-1])
   assert figures["torch_device"] == "cpu" and figures["torch_precision"] == "fp32" and figures["torch_threads"] == 1
@@ -164,3 +159,35 @@ def test_side_by_side_with_the_pytorch_mirror_prints_the_speedup():
   assert figures["speedup"] == figures["torch_fm_step_s"] / figures["fm_step_s"]
   assert figures["rollout_speedup"] == figures["torch_rollout_step_s"] / figures["rollout_step_s"]
   assert figures["infer_speedup"] == figures["torch_infer_s"] / figures["infer_s"]
+
+
+def _accelerator_bench(*args):
+  return subprocess.run(["bash", os.path.join(ROOT, "launch", "accelerator_bench.sh"), f"--python={sys.executable}",
+                         *args], capture_output=True, text=True, timeout=600)
+
+
+def test_accelerator_script_runs_each_part_under_its_limit_and_records_every_outcome(tmp_path):
+  """One part finishes and gives its bench line; one past its limit is recorded as a timeout; the dry run lists the
+  parts in order, each with the overrides."""
+  out = tmp_path / "out"
+  done = _accelerator_bench(f"--out={out}", "--config=configs/visah_fm.py:toy", "--only=infer",
+                            "--infer_batch_size=2", "--limit=300", "--", *MICRO_FLAGS)
+  assert done.returncode == 0, done.stderr
+  late = _accelerator_bench(f"--out={out}", "--only=step", "--limit=1")
+  assert late.returncode == 0, late.stderr
+  with open(out / "results.jsonl") as f:
+    infer, step = map(json.loads, f)
+  assert infer["part"] == "infer" and infer["status"] == "ok"
+  assert infer["result"]["what"] == "infer" and infer["result"]["batch_size"] == 2
+  assert infer["result"]["overrides"]["model.conditioning.kind"] == "features"
+  assert step == {"part": "step", "status": "timeout after 1 s", "wall_s": step["wall_s"], "result": None}
+  assert os.path.exists(out / "step.log")
+
+  listed = _accelerator_bench("--out=/o", "--only=rollout,step,torch", "--batch_size=8", "--dry-run", "--",
+                              "--config.seed=3").stdout.splitlines()
+  assert [line.split(":")[0] for line in listed] == ["rollout", "step", "torch"]
+  assert all("AVFLOW_COMPILATION_CACHE=/o/cache" in line and "--batch_size=8" in line and
+             line.endswith("--config.seed=3") or line.startswith("torch") for line in listed)
+  assert "--torch_bf16" in listed[2] and listed[2].endswith("--config.precision=bf16")
+  bad = _accelerator_bench("--out=/o", "--only=step,fm")
+  assert bad.returncode == 2 and "unknown part 'fm'" in bad.stderr
