@@ -109,8 +109,13 @@ class FlatOptimizer:
     if not self.one_buffer:
       return saved
     template, is_moment = self._moments(params)
-    return jax.tree.map(lambda t, sub: np.concatenate([np.ravel(x) for x in jax.tree.leaves(sub)]).astype(t.dtype, copy=False)
-                        if is_moment(t) else np.asarray(sub), template, jax.device_get(self._inner(saved)))
+
+    def joined(t, sub):
+      if not is_moment(t):
+        return np.asarray(sub)
+      return np.concatenate([np.ravel(x) for x in jax.tree.leaves(sub)]).astype(t.dtype, copy=False)
+
+    return jax.tree.map(joined, template, jax.device_get(self._inner(saved)))
 
   def apply(self, grads: Any, opt_state: Any, params: Any, finite_loss: jax.Array):
     """One optimizer step → (params, opt_state, finite, grad_norm).
