@@ -8,6 +8,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from avflow import bench
@@ -95,6 +96,26 @@ def test_jit_keeps_reductions_over_time_out_of_ynnpack_on_cpu(monkeypatch):
   # A choice made in XLA_FLAGS is left alone (this process started with XLA's default, which then applies).
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=+reduce")
   assert _ynn_fusion_ops(step.jit(fn), *args) == default
+
+
+def test_jit_compiles_llvm_at_level_1_on_cpu_without_changing_a_result(monkeypatch):
+  """LLVM's optimisation level 1 (fast compiles) gives the same bits as XLA's default level 3; a level chosen in
+  XLA_FLAGS is left to XLA_FLAGS."""
+  def fn(x, k, w):  # a convolution, a matmul, a reduction over time and pointwise work
+    y = jax.lax.conv_general_dilated(x, k, (1,), "SAME", dimension_numbers=("NWC", "WIO", "NWC"))
+    return jnp.sum(jax.nn.gelu(y @ w) * jnp.tanh(x), axis=1), jnp.exp(-jnp.abs(y)).mean()
+
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  args = (jax.random.normal(keys[0], (2, 257, 12)), jax.random.normal(keys[1], (5, 12, 12)),
+          jax.random.normal(keys[2], (12, 12)))
+  monkeypatch.setenv("XLA_FLAGS", "")
+  assert step.compiler_options()["xla_backend_optimization_level"] == 1
+  level_3 = jax.jit(fn, compiler_options={**step.CPU_COMPILER_OPTIONS, "xla_backend_optimization_level": 3})
+  for got, want in zip(step.jit(fn)(*args), level_3(*args)):
+    np.testing.assert_array_equal(got, want)
+  monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=0")
+  assert step.compiler_options() == {k: v for k, v in step.CPU_COMPILER_OPTIONS.items()
+                                     if k != "xla_backend_optimization_level"}
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

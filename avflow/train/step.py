@@ -13,16 +13,25 @@ from avflow.train.state import TrainState
 # XLA:CPU gives reductions to YNNPACK by default, which sums over time for every channel (the gradients of
 # GroupNorm's scale and bias, of LayerScale and of every conv bias) ~20x slower than XLA's own loops: a
 # (110250, 48) product summed over time takes 119 ms there against 5.5 ms. On CPU YNNPACK keeps the matmuls and
-# convolutions only (docs/performance.md: the paper-shape FM step 15 % faster).
+# convolutions only (docs/performance.md: the paper-shape FM step 15 % faster). LLVM compiles XLA's own kernels at
+# optimisation level 1 instead of 3: the paper-shape FM step compiles in 38–40 s against 44 s and steps as fast (the
+# matmuls and convolutions run in YNNPACK, which LLVM does not compile).
 CPU_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
-                        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"}
+                        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
+                        "xla_backend_optimization_level": 1}
+
+
+def compiler_options() -> dict:
+  """`CPU_COMPILER_OPTIONS` on the CPU backend, less those XLA_FLAGS already chooses; none elsewhere."""
+  if jax.default_backend() != "cpu":
+    return {}
+  chosen = os.environ.get("XLA_FLAGS", "")
+  return {k: v for k, v in CPU_COMPILER_OPTIONS.items() if k not in chosen}
 
 
 def jit(fn: Callable, **kwargs) -> Callable:
-  """`jax.jit` with `CPU_COMPILER_OPTIONS` on the CPU backend, unless XLA_FLAGS already picks the YNNPACK fusions."""
-  if jax.default_backend() == "cpu" and "xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
-    kwargs["compiler_options"] = {**CPU_COMPILER_OPTIONS, **kwargs.get("compiler_options", {})}
-  return jax.jit(fn, **kwargs)
+  """`jax.jit` with `compiler_options()` (an explicit `compiler_options` entry wins)."""
+  return jax.jit(fn, **{**kwargs, "compiler_options": {**compiler_options(), **kwargs.get("compiler_options", {})}})
 
 
 def make_loss_fn(model, config) -> Callable:
